@@ -1,0 +1,22 @@
+# Two commands do all set-up on a fresh machine:
+#   make reproduce   # Table I on the embedded default (creates/reuses .venv, installs the stack)
+#   make test        # the test suite, including one end-to-end workflow run on the micro profile
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= 2
+PROFILE ?=
+
+.PHONY: env reproduce test dry-run clean-results
+
+env:
+	@bash tools/setup_env.sh
+
+reproduce: env
+	$(VENV)/bin/snakemake --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)
+
+test: env
+	$(PY) -m pytest -q -p no:cacheprovider
+
+dry-run: env
+	$(VENV)/bin/snakemake -n --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)

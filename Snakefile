@@ -1,0 +1,29 @@
+# bcd workflow: data -> teacher -> student runs x seeds -> evaluation -> tables.
+# The run matrix is params/default.yaml; overlay a profile with --configfile:
+#   snakemake --cores 2 [--configfile params/micro.yaml]
+# Every rule runs one `python -m bcd` command; dvc.yaml runs the same commands (bcd.params.stages).
+from snakemake.utils import validate
+
+
+configfile: "params/default.yaml"
+
+
+# Validates `config` with bcd.params (schema + cross-references; errors name the file and key).
+include: "workflow/rules/common.smk"
+
+
+# Snakemake's own check, with the same schema (no defaults in it, so `config` is unchanged).
+validate(config, "bcd/schema/params.schema.yaml")
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

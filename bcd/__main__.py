@@ -1,0 +1,3 @@
+from bcd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""``python -m bcd <command>``: the stage commands, usable with or without the workflow.
+
+    python -m bcd data      --params params/default.yaml
+    python -m bcd teacher   --params params/default.yaml --teacher pspnet-r101
+    python -m bcd train     --params params/default.yaml --run r18-bcd --seed 0
+    python -m bcd evaluate  --params params/default.yaml --run r18-bcd --seed 0
+    python -m bcd evaluate  --params params/default.yaml --teacher pspnet-r101
+    python -m bcd table     --params params/default.yaml --table table1
+    python -m bcd check-params --params params/default.yaml
+    python -m bcd dvc-yaml  --params params/default.yaml --out dvc.yaml
+
+Several ``--params`` files are merged in order, like Snakemake's ``--configfile`` overlays.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bcd import params as P
+
+
+def _data(args) -> None:
+    cfg = P.load_params(args.params)
+    data = cfg["data"]
+    if data["dataset"] != "shapes":
+        raise SystemExit(f"bcd data: dataset {data['dataset']!r} has no generator")
+    from bcd.data.synthetic import generate
+
+    root = generate(P.data_dir(cfg), seed=data["seed"], num_train=data["num_train"],
+                    num_val=data["num_val"], height=data["height"], width=data.get("width"))
+    print(f"dataset ready: {root}")
+
+
+def _teacher(args) -> None:
+    from bcd.train import train_teacher
+
+    print(f"teacher weights: {train_teacher(P.load_params(args.params), args.teacher)}")
+
+
+def _train(args) -> None:
+    from bcd.train import train_student
+
+    print(f"student weights: {train_student(P.load_params(args.params), args.run, args.seed)}")
+
+
+def _evaluate(args) -> None:
+    from bcd.evaluate import evaluate
+
+    out = evaluate(P.load_params(args.params), run=args.run, seed=args.seed, teacher=args.teacher)
+    print(f"{out['kind']} {out['name']} seed={out['seed']}: mIoU {out['mIoU']:.2f}")
+
+
+def _table(args) -> None:
+    from bcd import tables
+
+    tables.main_table(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bcd", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def cmd(name, func, help_):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--params", action="append", required=True, metavar="FILE",
+                       help="params file(s), merged in order")
+        p.set_defaults(func=func)
+        return p
+
+    cmd("data", _data, "generate/prepare the dataset")
+    cmd("teacher", _teacher, "train a teacher").add_argument("--teacher", required=True)
+    p = cmd("train", _train, "train a student run for one seed")
+    p.add_argument("--run", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p = cmd("evaluate", _evaluate, "evaluate a trained run or teacher -> metrics.json")
+    p.add_argument("--run")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--teacher")
+    cmd("table", _table, "build a results table (CSV + LaTeX)").add_argument("--table",
+                                                                               required=True)
+    cmd("check-params", lambda a: P.main_check(a), "validate params and print a summary")
+    cmd("dvc-yaml", lambda a: P.main_dvc_yaml(a), "write dvc.yaml from the params").add_argument(
+        "--out", default="dvc.yaml")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except P.ParamsError as err:
+        print(f"bcd {args.command}: invalid params: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
+        print(f"bcd {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,141 @@
+"""Context distillation (Sec. IV-C, Eq. 4-5)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..schedule import AdaptiveTemperature, build_temperature
+from ._kl import tempered_kl
+from .boundary import check_feature_pair
+
+_ALIGN = ("conv1x1", "none")
+_NORMALIZE = ("channel", "none")
+
+
+def standardize_channels(feat: Tensor, eps: float = 1e-5) -> Tensor:
+    """Zero mean, unit variance over the channels of every pixel (LayerNorm without affine).
+
+    Part of ``O(.)`` (Eq. 4): it aligns the two feature distributions and gives the entries the
+    unit variance that the ``1/sqrt(d)`` scaling of Eq. 4 assumes, so the relation logits are
+    O(1)..O(sqrt(d)) for any backbone width (raw fused features gave logits in the thousands).
+
+    Args:
+        feat: ``(N, C, H, W)``.
+        eps: added to the variance. Default ``1e-5``.
+    """
+    return nn.functional.layer_norm(feat.movedim(1, -1), feat.shape[1:2], eps=eps).movedim(-1, 1)
+
+
+def relation_logits(feat: Tensor) -> Tensor:
+    """Self-relation logits ``X^T X / sqrt(d)`` of Eq. 4 (before the tempered softmax).
+
+    Args:
+        feat: features ``(N, C, H, W)``; ``X`` is ``feat`` flattened to ``(N, C, HW)``, ``d = C``.
+
+    Returns:
+        ``(N, HW, HW)`` tensor; row ``i`` holds the scaled inner products of pixel ``i`` with
+        every pixel.
+    """
+    x = feat.flatten(2)  # (N, C, HW)
+    return torch.bmm(x.transpose(1, 2), x) / math.sqrt(feat.shape[1])
+
+
+def relation_kl(t_feat: Tensor, s_feat: Tensor, tau: float) -> Tensor:
+    """Per-row ``tau^2 KL(softmax(T^R_i / tau) || softmax(S^R_i / tau))`` (Eq. 4-5).
+
+    Exact version: materialises the full ``HW x HW`` relation matrices. The teacher side is
+    detached.
+
+    Args:
+        t_feat: teacher features ``O(T^c)``, ``(N, C, H, W)``.
+        s_feat: student features ``O(S^c)``, ``(N, C, H, W)``.
+        tau: temperature, ``> 0``.
+
+    Returns:
+        ``(N, HW)`` KL value of every row ``i`` of the relation matrices.
+    """
+    return tempered_kl(relation_logits(t_feat.detach()), relation_logits(s_feat), tau, dim=-1)
+
+
+class ContextDistillLoss(nn.Module):
+    """Context distillation loss ``L_CD`` on pixel self-relations (Eq. 4-5).
+
+    ``R = softmax(O(X)^T O(X) / sqrt(d) / tau)`` over the last dim, with ``X`` the fused features
+    flattened to ``(N, C, HW)`` and ``d = C`` (Eq. 4, reading the paper's ``sigma(.)/tau`` as the
+    tempered softmax ``sigma(z / tau)``). Eq. 5 as a KL divergence per row::
+
+        L_CD = loss_weight * mean_{n, i} tau^2 KL(R^T_i || R^S_i)
+
+    (mean over the ``HW`` rows and the batch instead of the paper's sum). ``O(.)`` (Eq. 4's
+    feature alignment) is a learnable 1x1 conv ``C -> C`` on the student side, initialised to
+    the identity, and the identity on the teacher side (``align='conv1x1'``), or the identity on
+    both sides (``align='none'``); then, with ``normalize='channel'`` (default), each pixel's
+    feature vector is standardised over the channels on both sides
+    (:func:`standardize_channels`). The teacher side is detached. ``loss_weight`` may be changed
+    between calls (e.g. multiplied by r(t), Eq. 8).
+
+    Args:
+        in_channels: channels ``C`` of the fused features. Default ``256``.
+        loss_weight: beta of Eq. 6. Default ``50.0``.
+        temperature: ``None`` (fixed tau = 1), a dict of :class:`AdaptiveTemperature` arguments,
+            or an instance (used as is). Default ``None``.
+        align: ``'conv1x1'`` or ``'none'``. Default ``'conv1x1'``.
+        normalize: ``'channel'`` or ``'none'`` (raw features, the literal Eq. 4).
+            Default ``'channel'``.
+
+    Shapes:
+        preds_S, preds_T: ``(N, C, H, W)``. Output: scalar.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 256,
+        loss_weight: float = 50.0,
+        temperature: dict | AdaptiveTemperature | None = None,
+        align: str = "conv1x1",
+        normalize: str = "channel",
+    ) -> None:
+        super().__init__()
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"ContextDistillLoss: in_channels must be an int >= 1, got {in_channels!r}")
+        if align not in _ALIGN:
+            raise ValueError(f"ContextDistillLoss: align must be one of {_ALIGN}, got {align!r}")
+        if normalize not in _NORMALIZE:
+            raise ValueError(
+                f"ContextDistillLoss: normalize must be one of {_NORMALIZE}, got {normalize!r}")
+        self.normalize = normalize
+        self.in_channels = in_channels
+        self.loss_weight = float(loss_weight)
+        self.align = align
+        self.temperature = build_temperature(temperature)
+        if align == "conv1x1":
+            self.student_align = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+            with torch.no_grad():
+                self.student_align.weight.copy_(torch.eye(in_channels).view(in_channels, in_channels, 1, 1))
+                self.student_align.bias.zero_()
+        else:
+            self.student_align = None
+
+    def extra_repr(self) -> str:
+        return f"loss_weight={self.loss_weight}, align={self.align!r}, normalize={self.normalize!r}"
+
+    def aligned_student(self, preds_S: Tensor) -> Tensor:
+        """``O(S^c)``: the student alignment (weights cast to the input's dtype)."""
+        if self.student_align is None:
+            return preds_S
+        conv = self.student_align
+        return nn.functional.conv2d(preds_S, conv.weight.to(preds_S.dtype), conv.bias.to(preds_S.dtype))
+
+    def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
+        """Weighted mean row KL of the self-relations; see the class doc."""
+        check_feature_pair("ContextDistillLoss", preds_S, preds_T, self.in_channels)
+        dtype = torch.promote_types(preds_S.dtype, preds_T.dtype)
+        s_feat = self.aligned_student(preds_S.to(dtype))
+        t_feat = preds_T.to(dtype).detach()
+        if self.normalize == "channel":
+            s_feat, t_feat = standardize_channels(s_feat), standardize_channels(t_feat)
+        if self.training and self.temperature.factor != 1.0:  # skip building logits for a fixed tau
+            self.temperature.update(relation_logits(t_feat), dim=-1)
+        return self.loss_weight * relation_kl(t_feat, s_feat, self.temperature.tau).mean()

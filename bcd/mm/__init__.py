@@ -1,0 +1,26 @@
+"""The one place where bcd meets OpenMMLab (mmengine, mmseg, mmrazor).
+
+Importing this package applies the torch-2.13 compatibility patches (:mod:`bcd.mm.compat`) and
+registers bcd's modules so that any mmrazor/mmseg config can name them:
+
+- mmrazor ``MODELS``: ``BoundaryDistillLoss``, ``ContextDistillLoss`` (losses),
+  ``HierarchicalFusion`` and ``SegDataSampleLabels`` (connectors);
+- mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
+  ``DistillScalarsHook``, ``TrainLogHook``;
+- mmseg ``DATASETS``: ``BCDShapesDataset``; mmseg ``METRICS``: ``PerClassIoUMetric``.
+
+In a user's own config: ``custom_imports = dict(imports=['bcd.mm'], allow_failed_imports=False)``.
+"""
+from . import compat
+
+compat.apply()
+
+from mmseg.utils import register_all_modules as _register_mmseg  # noqa: E402
+
+_register_mmseg(init_default_scope=False)
+import mmrazor.models  # noqa: E402,F401  (registers mmrazor's algorithms, distillers, recorders)
+
+from . import registry  # noqa: E402,F401  (registers modules)
+from . import hooks  # noqa: E402,F401
+from . import metrics  # noqa: E402,F401
+from . import datasets  # noqa: E402,F401

@@ -1,0 +1,161 @@
+"""Compatibility layer for the OpenMMLab stack on torch 2.13 (the one place for such patches).
+
+The OpenMMLab packages are no longer released, so the project pins mmcv 2.1.0, mmengine 0.10.7,
+mmsegmentation 1.2.2 and mmrazor 1.0.0 and patches three incompatibilities here. Each patch is
+idempotent and has a test (``tests/test_compat.py``) that fails without it.
+
+1. ``import mmrazor.models`` fails on torch >= 2.x: ``torch.ao.quantization.fuser_method_mappings``
+   no longer has ``reverse2``, ``reverse3`` and ``reverse_sequential_wrapper2``, and mmrazor's
+   quantization backend mapping builds backend configs that torch 2.13 rejects. We provide the three
+   helpers and a stand-in ``mmrazor.structures.quantization.backend_config.mapping`` whose
+   ``BackendConfigs`` maps every backend to ``None``. mmrazor's quantization features stay
+   unavailable; distillers, recorders, connectors and losses work.
+2. torch >= 2.6 loads checkpoints with ``weights_only=True``; mmengine's loader then fails on its own
+   resume checkpoints (numpy scalars, ``HistoryBuffer``). Checkpoints under a *trusted* root (the
+   project's own run directories, see :func:`trust_checkpoint_root`) are loaded fully; anything else
+   is loaded as weights only, and a file that needs full unpickling is refused with a message that
+   explains the risk and how to allow it explicitly.
+3. ``SyncBN`` (mmseg's configs' default) only runs on GPUs once a process group exists: a CPU run
+   with several processes (gloo) fails with "SyncBatchNorm expected input tensor to be on GPU".
+   CPU runs use ``BN`` (:func:`syncbn_to_bn`); a single process tolerates either.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_APPLIED = False
+_TRUSTED_ROOTS: set[Path] = set()
+TRUST_ENV = "BCD_TRUST_CHECKPOINTS"
+
+
+class UntrustedCheckpointError(RuntimeError):
+    """A checkpoint from outside the project needs full unpickling (arbitrary code execution)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Patch 1: mmrazor import on torch 2.13
+# --------------------------------------------------------------------------------------------
+def _reverse2(f):
+    def reversed_fuser(is_qat, x, y):
+        return f(is_qat, y, x)
+
+    return reversed_fuser
+
+
+def _reverse3(f):
+    def reversed_fuser(is_qat, x, w):
+        y, z = w
+        return f(is_qat, z, y, x)
+
+    return reversed_fuser
+
+
+def _sequential_wrapper2(sequential):
+    def fuser_method(is_qat, m1, m2):
+        return sequential(m1, m2)
+
+    return fuser_method
+
+
+def patch_mmrazor_import() -> None:
+    """Make ``import mmrazor.models`` work on torch 2.13 (see module docstring, patch 1)."""
+    from torch.ao.quantization import fuser_method_mappings as fmm
+
+    if not hasattr(fmm, "reverse2"):
+        fmm.reverse2 = _reverse2
+    if not hasattr(fmm, "reverse3"):
+        fmm.reverse3 = _reverse3
+    if not hasattr(fmm, "reverse_sequential_wrapper2"):
+        fmm.reverse_sequential_wrapper2 = lambda sequential: _reverse2(_sequential_wrapper2(sequential))
+    name = "mmrazor.structures.quantization.backend_config.mapping"
+    if name not in sys.modules:
+        stand_in = types.ModuleType(name)
+        stand_in.__doc__ = "bcd stand-in: quantization backends are unavailable on torch 2.13."
+        stand_in.BackendConfigs = {k: None for k in ("academic", "native", "tensorrt", "openvino")}
+        sys.modules[name] = stand_in
+
+
+# --------------------------------------------------------------------------------------------
+# Patch 2: checkpoint loading under weights_only
+# --------------------------------------------------------------------------------------------
+def trust_checkpoint_root(path: str | os.PathLike) -> None:
+    """Declare a directory as the project's own: checkpoints below it are loaded fully."""
+    _TRUSTED_ROOTS.add(Path(path).resolve())
+
+
+def is_trusted(path: str | os.PathLike) -> bool:
+    if os.environ.get(TRUST_ENV) == "1":
+        return True
+    p = Path(path).resolve()
+    return any(p == root or root in p.parents for root in _TRUSTED_ROOTS)
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint: fully if it lies under a trusted root, else as weights only.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UntrustedCheckpointError: an untrusted file needs full unpickling.
+    """
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if is_trusted(path):
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError / RuntimeError variants
+        if "weights_only" not in str(err) and "Weights only load failed" not in str(err):
+            raise
+        raise UntrustedCheckpointError(
+            f"{path}: this checkpoint is not plain weights; loading it fully would unpickle "
+            "arbitrary Python objects, which can execute code. Only do that for files you trust: "
+            f"set {TRUST_ENV}=1 (or pass --trust-checkpoint) to allow it. "
+            f"(torch said: {str(err).splitlines()[0]})"
+        ) from err
+
+
+def patch_checkpoint_loading() -> None:
+    """Route mmengine's local checkpoint loader through :func:`load_checkpoint_file`."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_from_local(filename, map_location):
+        return load_checkpoint_file(filename, map_location)
+
+    CheckpointLoader.register_scheme(prefixes="", force=True)(load_from_local)
+
+
+# --------------------------------------------------------------------------------------------
+# Patch 3: SyncBN -> BN on CPU
+# --------------------------------------------------------------------------------------------
+def syncbn_to_bn(cfg: Any) -> Any:
+    """Return ``cfg`` with every ``type='SyncBN'`` replaced by ``'BN'`` (recursively, in place).
+
+    Use it for CPU runs (see patch 3); GPU runs keep SyncBN.
+    """
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            if key == "type" and value == "SyncBN":
+                cfg[key] = "BN"
+            else:
+                syncbn_to_bn(value)
+    elif isinstance(cfg, (list, tuple)):
+        for item in cfg:
+            syncbn_to_bn(item)
+    return cfg
+
+
+def apply() -> None:
+    """Apply every patch once (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    patch_mmrazor_import()
+    patch_checkpoint_loading()
+    _APPLIED = True

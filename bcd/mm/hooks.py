@@ -1,0 +1,150 @@
+"""mmengine hooks of bcd: the loss-weight decay r(t), a non-finite-loss guard, logging."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+from bcd.schedule import decay
+
+
+def _scalar(value) -> float:
+    return float(value.detach()) if hasattr(value, "detach") else float(value)
+
+
+def _distiller(runner):
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    return getattr(model, "distiller", None)
+
+
+@HOOKS.register_module(force=True)
+class DistillLossDecayHook(Hook):
+    """Scale the named distillation losses by r(t) = 1 - (t-1)/t_max every iteration (Eq. 7-8).
+
+    The paper counts t in epochs; with iteration-based training (the paper's 40k iterations) we
+    apply r per iteration, t = runner.iter + 1, t_max = runner.max_iters (docs/method.md).
+
+    Args:
+        loss_names (Sequence[str]): keys of ``distiller.distill_losses`` to scale,
+            e.g. ``('loss_bd', 'loss_cd')``.
+    """
+
+    priority = "ABOVE_NORMAL"
+
+    def __init__(self, loss_names: Sequence[str] = ("loss_bd", "loss_cd")) -> None:
+        self.loss_names = tuple(loss_names)
+        self._base: dict[str, float] = {}
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        distiller = _distiller(runner)
+        if distiller is None:
+            raise RuntimeError("DistillLossDecayHook needs a distillation model (no .distiller)")
+        r = decay(runner.iter + 1, runner.max_iters)
+        for name in self.loss_names:
+            if name not in distiller.distill_losses:
+                raise KeyError(f"DistillLossDecayHook: no distill loss named {name!r}; "
+                               f"have {sorted(distiller.distill_losses)}")
+            loss = distiller.distill_losses[name]
+            base = self._base.setdefault(name, float(loss.loss_weight))
+            loss.loss_weight = base * r
+        runner.message_hub.update_scalar("train/r_t", r)
+
+
+@HOOKS.register_module(force=True)
+class NonFiniteLossHook(Hook):
+    """Stop at the first NaN/inf loss term, naming the term and the iteration.
+
+    Runs before the checkpoint hook, so the last checkpoint written stays the last good one and
+    nothing already on disk is touched.
+    """
+
+    priority = "VERY_HIGH"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not outputs:
+            return
+        bad = {k: _scalar(v) for k, v in outputs.items() if not math.isfinite(_scalar(v))}
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss at iteration {runner.iter + 1}: "
+                + ", ".join(f"{k}={v}" for k, v in bad.items())
+                + f". Training stopped; checkpoints already in {runner.work_dir} are kept.")
+
+
+@HOOKS.register_module(force=True)
+class DistillScalarsHook(Hook):
+    """Log each distillation loss's temperature and sub-terms; clear connector memos."""
+
+    priority = "NORMAL"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        distiller = _distiller(runner)
+        if distiller is None:
+            return
+        for name, loss in distiller.distill_losses.items():
+            temp = getattr(loss, "temperature", None)
+            if temp is not None and hasattr(temp, "tau"):
+                runner.message_hub.update_scalar(f"train/{name}_tau", float(temp.tau))
+            for attr in ("last_kd", "last_probe"):
+                val = getattr(loss, attr, None)
+                if val is not None:
+                    runner.message_hub.update_scalar(f"train/{name}_{attr[5:]}", float(val))
+        for conn in distiller.connectors.values():
+            if hasattr(conn, "clear_memo"):
+                conn.clear_memo()
+
+
+@HOOKS.register_module(force=True)
+class TrainLogHook(Hook):
+    """Collect per-iteration scalars and validation metrics; write them as one JSON at the end.
+
+    Args:
+        out_file (str): where to write ``{"train": [...], "val": [...]}`` (atomically).
+        interval (int): record every ``interval`` iterations (and the last one).
+    """
+
+    priority = "LOW"
+
+    def __init__(self, out_file: str, interval: int = 10) -> None:
+        self.out_file = out_file
+        self.interval = interval
+        self.train: list[dict] = []
+        self.val: list[dict] = []
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        it = runner.iter + 1
+        if it % self.interval and it != runner.max_iters:
+            return
+        row = {"iter": it}
+        row.update({k: _scalar(v) for k, v in (outputs or {}).items()})
+        for key in ("train/r_t",) + tuple(k for k in runner.message_hub.log_scalars
+                                         if k.endswith(("_tau", "_kd", "_probe"))):
+            if key in runner.message_hub.log_scalars:
+                row[key.split("/", 1)[1]] = float(runner.message_hub.get_scalar(key).current())
+        row["lr"] = float(runner.optim_wrapper.get_lr()["lr"][0])
+        self.train.append(row)
+
+    def after_val_epoch(self, runner, metrics: Optional[dict] = None) -> None:
+        if metrics:
+            self.val.append({"iter": runner.iter, **{k: float(v) for k, v in metrics.items()}})
+
+    def after_run(self, runner) -> None:
+        write_json_atomic(self.out_file, {"train": self.train, "val": self.val})
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write JSON to a temporary sibling and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, allow_nan=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,51 @@
+"""Register bcd's pure-PyTorch modules in mmrazor's registry (core modules import no mm* code)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from mmrazor.registry import MODELS
+from torch import nn
+
+from bcd.connectors import HierarchicalFusion as _HierarchicalFusion
+from bcd.losses import BoundaryDistillLoss, ContextDistillLoss
+
+MODELS.register_module(module=BoundaryDistillLoss, force=True)
+MODELS.register_module(module=ContextDistillLoss, force=True)
+
+
+@MODELS.register_module(name="HierarchicalFusion", force=True)
+class HierarchicalFusion(_HierarchicalFusion):
+    """:class:`bcd.connectors.HierarchicalFusion` as an mmrazor connector.
+
+    mmrazor's ``ConfigurableDistiller`` calls a connector once per loss input that names it; with
+    BD and CD both reading the fused features, the same recorded backbone outputs would be fused
+    twice. This subclass returns the previous result when it is called again on the very same
+    recorded object within one step (identity, not equality, so no stale reuse across steps).
+    """
+
+    def forward(self, feats, input_size=None):  # noqa: D401
+        if input_size is None and getattr(self, "_memo_key", None) is feats:
+            return self._memo_out
+        out = super().forward(feats, input_size)
+        if input_size is None:
+            self._memo_key, self._memo_out = feats, out
+        return out
+
+    def clear_memo(self) -> None:
+        """Drop the memo (called after every training step by ``DistillScalarsHook``)."""
+        self._memo_key = self._memo_out = None
+
+
+@MODELS.register_module(force=True)
+class SegDataSampleLabels(nn.Module):
+    """Connector: mmseg ``SegDataSample`` list -> ground-truth label tensor (N, H, W), long.
+
+    Lets a loss that needs labels (BD's teacher-side probe, IFVD, BPKD) read them from a
+    ``MethodInputs`` recorder on ``EncoderDecoder.loss`` (``data_idx=1``) in plain config.
+    """
+
+    def forward(self, data_samples: Sequence) -> torch.Tensor:
+        if not data_samples or not hasattr(data_samples[0], "gt_sem_seg"):
+            raise ValueError("SegDataSampleLabels needs SegDataSample objects with gt_sem_seg")
+        return torch.stack([s.gt_sem_seg.data.squeeze(0) for s in data_samples]).long()

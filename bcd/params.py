@@ -1,0 +1,667 @@
+"""The run matrix (``params/*.yaml``): loading, validation, resolution, paths and the stage list.
+
+Everything that reads the params goes through this module: the stage commands (``python -m bcd``),
+the Snakemake workflow (``workflow/rules/common.smk``) and the generated ``dvc.yaml``
+(:func:`stages`). Several files are deep-merged in order, like Snakemake's ``configfile:`` plus
+``--configfile`` overlays: dicts merge recursively, lists and scalars replace.
+
+Validation rejects a bad file before any work starts, with the file and the key path::
+
+    params/default.yaml: methods.bd.loss_weight: -1.0 is less than the minimum of 0
+
+Stage names (the same in ``dvc.yaml`` and in Snakemake's benchmark files)::
+
+    data, teacher-<teacher>, evaluate-teacher-<teacher>, train-<run>-seed<S>,
+    evaluate-<run>-seed<S>, table-<table>
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+SCHEMA_FILE = Path(__file__).parent / "schema" / "params.schema.yaml"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+#: Folders under ``paths.runs`` that are not runs.
+RESERVED_RUN_NAMES = ("teachers", "benchmarks", "logs")
+
+# Code each kind of stage depends on, relative to the repository root (dvc.yaml ``deps``;
+# folders are expanded to their files for Snakemake, see :func:`code_files`). Teachers do not
+# depend on the distillation code (losses, connectors, schedule): editing a loss retrains
+# students, not the teacher.
+REFERENCE_CSV = "bcd/reference/bcd_reported_results.csv"
+DATA_CODE = ("bcd/data",)
+TEACHER_CODE = ("bcd/mm", "bcd/train.py")
+TRAIN_CODE = ("bcd/losses", "bcd/connectors.py", "bcd/schedule.py", "bcd/mm", "bcd/train.py")
+EVALUATE_CODE = ("bcd/evaluate.py", "bcd/mm")
+TABLE_CODE = ("bcd/tables.py", REFERENCE_CSV)
+
+
+class ParamsError(ValueError):
+    """Invalid params. ``errors`` lists ``(file, key_path, message)``; str() has one per line."""
+
+    def __init__(self, message: str, errors: Sequence[tuple[str, str, str]] = ()):
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and merging
+# ----------------------------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # unhashable key: let the base class report it
+                    break
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_params_file(path: str | os.PathLike) -> dict:
+    """One params file as a dict; ParamsError naming the file if it is missing or not YAML."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read params file: {err.strerror or err}",
+                          [(str(path), "", "cannot read")]) from err
+    try:
+        data = yaml.load(io.StringIO(text), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        msg = " ".join(str(err).split())
+        raise ParamsError(f"{path}: invalid YAML: {msg}", [(str(path), "", msg)]) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of keys, not "
+                          f"{type(data).__name__}", [(str(path), "", "not a mapping")])
+    return data
+
+
+def deep_merge(base: Mapping, overlay: Mapping) -> dict:
+    """``overlay`` on ``base``: dicts merge recursively; lists and scalars replace (Snakemake's
+    ``update_config``). Neither argument is modified."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping):
+            sub = out.get(key)
+            out[key] = deep_merge(sub if isinstance(sub, Mapping) else {}, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _as_file_list(files) -> list[str]:
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    files = [str(f) for f in files]
+    if not files:
+        raise ParamsError("no params file given (use --params FILE)")
+    return files
+
+
+def load_params(files: Sequence[str | os.PathLike] | str | os.PathLike) -> dict:
+    """Read, merge (in order) and validate params files.
+
+    Returns the merged dict plus ``cfg["_files"]``, the list of files (see :func:`files_of`).
+    Raises :class:`ParamsError` naming the file and the key path of each problem.
+    """
+    files = _as_file_list(files)
+    layers = [(f, read_params_file(f)) for f in files]
+    merged: dict = {}
+    for _, data in layers:
+        merged = deep_merge(merged, data)
+    return _checked(merged, layers)
+
+
+def validate_config(config: Mapping, files: Sequence[str | os.PathLike]) -> dict:
+    """Validate an already merged config (Snakemake's ``config``) that came from ``files``.
+
+    Same checks and messages as :func:`load_params`; the files are re-read to name the file that
+    set an offending key, and to make sure ``config`` is exactly their merge (a value given with
+    Snakemake's ``--config`` would not reach the ``python -m bcd`` commands). Returns the config
+    with ``_files``.
+    """
+    files = _as_file_list(files)
+    layers = [(f, read_params_file(f)) for f in files]
+    merged: dict = {}
+    for _, data in layers:
+        merged = deep_merge(merged, data)
+    config = {k: v for k, v in dict(config).items() if k != "_files"}
+    diff = _first_difference(_plain(merged), _plain(config))
+    if diff is not None:
+        raise ParamsError(
+            f"{_keypath(diff)}: the workflow's config differs from the merge of {files}; "
+            "the `python -m bcd` commands read only params files, so put overrides in an overlay "
+            "file and pass it with --configfile (not --config)")
+    return _checked(merged, layers)
+
+
+def files_of(cfg: Mapping) -> list[str]:
+    """The params files ``cfg`` was loaded from, in merge order."""
+    return list(cfg.get("_files", []))
+
+
+def _plain(obj):
+    """Plain dicts/lists (Snakemake may hand over OrderedDicts)."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _first_difference(a, b, path=()):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if key not in a or key not in b:
+                return path + (key,)
+            sub = _first_difference(a[key], b[key], path + (key,))
+            if sub is not None:
+                return sub
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            sub = _first_difference(x, y, path + (i,))
+            if sub is not None:
+                return sub
+        return None
+    same = (a == b and type(a) is type(b)) or (
+        isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    return None if same else path
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+def _keypath(path: Iterable) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _defines(data, path) -> bool:
+    node = data
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return False
+        elif not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def file_for(path: Sequence, layers: Sequence[tuple[str, Any]]) -> str:
+    """The file to blame for ``path``: the last file that defines it, else the last file that
+    defines its longest defined prefix, else the first file."""
+    for n in range(len(path), 0, -1):
+        for name, data in reversed(layers):
+            if _defines(data, path[:n]):
+                return name
+    return layers[0][0]
+
+
+_VALIDATOR = None
+
+
+def schema() -> dict:
+    with open(SCHEMA_FILE, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _validator():
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        import jsonschema
+
+        _VALIDATOR = jsonschema.Draft202012Validator(schema())
+    return _VALIDATOR
+
+
+def _schema_errors(cfg) -> list[tuple[tuple, str]]:
+    out = []
+    for err in _validator().iter_errors(cfg):
+        path = tuple(err.absolute_path)
+        kind = err.validator
+        if "propertyNames" in err.absolute_schema_path:
+            out.append((path + (err.instance,),
+                        f"invalid name {err.instance!r}: names must match {NAME_PATTERN} "
+                        "(lower case letters, digits, '-' and '_'; no dots: names are DVC param "
+                        "key paths)"))
+        elif kind == "additionalProperties" and err.validator_value is False:
+            allowed = sorted(err.schema.get("properties", {}))
+            for key in sorted(set(err.instance) - set(allowed), key=str):
+                out.append((path + (key,), f"unknown key {key!r} (allowed here: "
+                                           f"{', '.join(allowed)})"))
+        elif kind == "required":
+            for key in err.validator_value:
+                if key not in err.instance:
+                    out.append((path + (key,), "missing (required)"))
+        elif kind == "pattern" and err.schema.get("description"):
+            out.append((path, f"{err.instance!r} is not {err.schema['description']}"))
+        elif kind == "minProperties" and err.validator_value == 1:
+            out.append((path, "must not be empty"))
+        else:
+            out.append((path, err.message))
+    return out
+
+
+def _finite_errors(node, path=()) -> list[tuple[tuple, str]]:
+    if isinstance(node, float) and not math.isfinite(node):
+        return [(path, f"{node} is not a finite number")]
+    if isinstance(node, Mapping):
+        return [e for k, v in node.items() for e in _finite_errors(v, path + (k,))]
+    if isinstance(node, list):
+        return [e for i, v in enumerate(node) for e in _finite_errors(v, path + (i,))]
+    return []
+
+
+def _known(names) -> str:
+    return ", ".join(sorted(names)) or "none defined"
+
+
+def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
+    """Cross-references and rules the JSON schema cannot express."""
+    out = []
+    models, teachers, methods = cfg["models"], cfg["teachers"], cfg["methods"]
+    runs, tables = cfg["runs"], cfg["tables"]
+    for name, spec in teachers.items():
+        if spec["model"] not in models:
+            out.append((("teachers", name, "model"),
+                        f"unknown model {spec['model']!r} (models: {_known(models)})"))
+    for name, spec in runs.items():
+        where = ("runs", name)
+        if name in RESERVED_RUN_NAMES:
+            out.append((where, f"{name!r} is reserved (a folder of paths.runs); rename the run"))
+        if spec["student"] not in models:
+            out.append((where + ("student",),
+                        f"unknown model {spec['student']!r} (models: {_known(models)})"))
+        teacher, distill = spec.get("teacher"), spec.get("distill", [])
+        if teacher is not None and teacher not in teachers:
+            out.append((where + ("teacher",),
+                        f"unknown teacher {teacher!r} (teachers: {_known(teachers)})"))
+        for i, method in enumerate(distill):
+            if method not in methods:
+                out.append((where + ("distill", i),
+                            f"unknown method {method!r} (methods: {_known(methods)})"))
+        if distill and teacher is None:
+            out.append((where + ("distill",),
+                        f"distillation needs a teacher: set runs.{name}.teacher"))
+        if teacher is not None and not distill:
+            out.append((where + ("teacher",),
+                        f"a teacher but no distill methods: set runs.{name}.distill or drop "
+                        "the teacher"))
+        if spec.get("weight_decay_schedule") and not distill:
+            out.append((where + ("weight_decay_schedule",),
+                        "the loss-weight decay r(t) needs distill methods"))
+    for name, table in tables.items():
+        where = ("tables", name)
+        if table["teacher"] not in teachers:
+            out.append((where + ("teacher",),
+                        f"unknown teacher {table['teacher']!r} (teachers: {_known(teachers)})"))
+        seen = set()
+        for i, row in enumerate(table["rows"]):
+            if row["run"] not in runs:
+                out.append((where + ("rows", i, "run"),
+                            f"unknown run {row['run']!r} (runs: {_known(runs)})"))
+            if row["run"] in seen:
+                out.append((where + ("rows", i, "run"), f"run {row['run']!r} listed twice"))
+            seen.add(row["run"])
+        from bcd import tables as _tables  # late: bcd.tables imports this module
+
+        for sub, message in _tables.paper_reference_errors(table):
+            out.append((where + tuple(sub), message))
+    return out
+
+
+def _checked(cfg: dict, layers) -> dict:
+    problems = _schema_errors(cfg) + _finite_errors(cfg)
+    if not problems:
+        problems = _semantic_errors(cfg)
+    if problems:
+        errors = [(file_for(path, layers), _keypath(path), msg) for path, msg in problems]
+        lines = [f"{f}: {k}: {m}" for f, k, m in errors]
+        if len(lines) > 1:
+            lines.insert(0, f"{len(lines)} problems:")
+        raise ParamsError("\n".join(lines), errors)
+    cfg = copy.deepcopy(cfg)
+    cfg["_files"] = [name for name, _ in layers]
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths (relative to the repository root, the working directory of every stage)
+# ----------------------------------------------------------------------------------------------
+def data_dir(cfg) -> Path:
+    return Path(cfg["paths"]["data"])
+
+
+def _stage_files(folder: Path) -> dict:
+    return dict(dir=folder, model=folder / "model.pth", train_log=folder / "train_log.json",
+                metrics=folder / "metrics.json")
+
+
+def teacher_paths(cfg, name: str) -> dict:
+    return _stage_files(Path(cfg["paths"]["runs"]) / "teachers" / str(name))
+
+
+def run_paths(cfg, run: str, seed) -> dict:
+    return _stage_files(Path(cfg["paths"]["runs"]) / str(run) / f"seed{seed}")
+
+
+def table_paths(cfg, name: str) -> dict:
+    folder = Path(cfg["paths"]["results"]) / "tables"
+    return dict(csv=folder / f"{name}.csv", tex=folder / f"{name}.tex")
+
+
+def benchmark_path(cfg, stage: str) -> Path:
+    """Snakemake's ``benchmark:`` file of a stage (named like the DVC stage)."""
+    return Path(cfg["paths"]["runs"]) / "benchmarks" / f"{stage}.tsv"
+
+
+def log_path(cfg, stage: str) -> Path:
+    """Snakemake's ``log:`` file of a stage (DVC prints the output instead)."""
+    return Path(cfg["paths"]["runs"]) / "logs" / f"{stage}.log"
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution: everything one stage depends on
+# ----------------------------------------------------------------------------------------------
+def lookup(cfg, section: str, name: str) -> dict:
+    """``cfg[section][name]``, or a ParamsError naming the section's known names."""
+    try:
+        return cfg[section][name]
+    except KeyError:
+        raise ParamsError(f"{', '.join(files_of(cfg)) or 'params'}: {section}.{name}: not defined "
+                          f"({section}: {_known(cfg.get(section, {}))})") from None
+
+
+def resolve_teacher(cfg, name: str) -> dict:
+    """A teacher, fully resolved: ``name, model_name, model`` (the model spec), ``seed``,
+    ``train`` (train.teacher) and ``data``. Keys: :func:`param_keys_for_teacher`."""
+    spec = lookup(cfg, "teachers", name)
+    return {
+        "name": name,
+        "model_name": spec["model"],
+        "model": copy.deepcopy(lookup(cfg, "models", spec["model"])),
+        "seed": spec["seed"],
+        "train": copy.deepcopy(cfg["train"]["teacher"]),
+        "data": copy.deepcopy(cfg["data"]),
+    }
+
+
+def resolve_run(cfg, run: str) -> dict:
+    """A student run, fully resolved (seeds aside): what the training code reads, and what
+    Snakemake compares to decide a rerun. Keys: :func:`param_keys_for_run`.
+
+    ``{"name", "student": {"model_name", "model"}, "teacher": None | {"name", "model_name",
+    "model", "seed", "train"}, "methods": {name: settings}, "weight_decay_schedule", "train",
+    "data"}``
+    """
+    spec = lookup(cfg, "runs", run)
+    teacher = None
+    if spec.get("teacher") is not None:
+        teacher = resolve_teacher(cfg, spec["teacher"])
+        del teacher["data"]
+    return {
+        "name": run,
+        "student": {"model_name": spec["student"],
+                    "model": copy.deepcopy(lookup(cfg, "models", spec["student"]))},
+        "teacher": teacher,
+        "methods": {m: copy.deepcopy(lookup(cfg, "methods", m)) for m in spec.get("distill", [])},
+        "weight_decay_schedule": bool(spec.get("weight_decay_schedule", False)),
+        "train": copy.deepcopy(cfg["train"]["student"]),
+        "data": copy.deepcopy(cfg["data"]),
+    }
+
+
+def resolve_evaluate(cfg, *, run: str | None = None, teacher: str | None = None) -> dict:
+    """What an evaluation depends on besides the weights: the model spec and the data."""
+    if teacher is not None:
+        return {"model": resolve_teacher(cfg, teacher)["model"], "data": copy.deepcopy(cfg["data"])}
+    return {"model": resolve_run(cfg, run)["student"]["model"], "data": copy.deepcopy(cfg["data"])}
+
+
+def resolve_table(cfg, name: str) -> dict:
+    return {"table": copy.deepcopy(lookup(cfg, "tables", name)), "seeds": list(cfg["seeds"])}
+
+
+def _unique(keys: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(keys))
+
+
+def param_keys_for_teacher(cfg, name: str) -> list[str]:
+    spec = lookup(cfg, "teachers", name)
+    return _unique([f"teachers.{name}", f"models.{spec['model']}", "train.teacher", "data"])
+
+
+def param_keys_for_run(cfg, run: str) -> list[str]:
+    spec = lookup(cfg, "runs", run)
+    keys = [f"runs.{run}", f"models.{spec['student']}", "train.student", "data"]
+    if spec.get("teacher") is not None:
+        keys += [k for k in param_keys_for_teacher(cfg, spec["teacher"]) if k != "data"]
+    keys += [f"methods.{m}" for m in spec.get("distill", [])]
+    return _unique(keys)
+
+
+def param_keys_for_evaluate(cfg, *, run: str | None = None, teacher: str | None = None):
+    if teacher is not None:
+        return [f"models.{lookup(cfg, 'teachers', teacher)['model']}", "data"]
+    return [f"models.{lookup(cfg, 'runs', run)['student']}", "data"]
+
+
+def param_keys_for_table(cfg, name: str) -> list[str]:
+    lookup(cfg, "tables", name)
+    return [f"tables.{name}", "seeds"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages: the DAG shared by the Snakefile and dvc.yaml
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cmd: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    metrics: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+    cache: bool = True  # False: outs are small files kept in git (tables)
+
+
+def stage_name(kind: str, name: str | None = None, seed=None) -> str:
+    """``data``, ``teacher-T``, ``evaluate-teacher-T``, ``train-R-seedS``, ``evaluate-R-seedS``,
+    ``table-N``."""
+    if kind == "data":
+        return "data"
+    if kind in ("teacher", "evaluate-teacher", "table"):
+        return f"{kind}-{name}"
+    if kind in ("train", "evaluate"):
+        return f"{kind}-{name}-seed{seed}"
+    raise ValueError(f"unknown stage kind {kind!r}")
+
+
+def command(cfg, subcommand: str, *args: str, python: str = "python") -> str:
+    """The shell command of a stage: ``python -m bcd SUB --params F... ARGS``."""
+    params = [f"--params {shlex.quote(f)}" for f in files_of(cfg)]
+    return " ".join([python, "-m", "bcd", subcommand, *params, *args])
+
+
+def teachers_used(cfg) -> list[str]:
+    used = [s["teacher"] for s in cfg["runs"].values() if s.get("teacher") is not None]
+    used += [t["teacher"] for t in cfg["tables"].values()]
+    return [t for t in cfg["teachers"] if t in used]
+
+
+def stages(cfg) -> list[Stage]:
+    """Every stage: data, the teachers used by a run or table, every run x seed, every table."""
+    data = str(data_dir(cfg))
+    out = [Stage("data", command(cfg, "data"), DATA_CODE, (data,), params=("data",))]
+    for t in teachers_used(cfg):
+        p = teacher_paths(cfg, t)
+        out.append(Stage(stage_name("teacher", t), command(cfg, "teacher", "--teacher", t),
+                         (data, *TEACHER_CODE), (str(p["model"]), str(p["train_log"])),
+                         params=tuple(param_keys_for_teacher(cfg, t))))
+        out.append(Stage(stage_name("evaluate-teacher", t),
+                         command(cfg, "evaluate", "--teacher", t),
+                         (data, str(p["model"]), *EVALUATE_CODE), (), (str(p["metrics"]),),
+                         params=tuple(param_keys_for_evaluate(cfg, teacher=t))))
+    for run, spec in cfg["runs"].items():
+        teacher = spec.get("teacher")
+        teacher_model = (str(teacher_paths(cfg, teacher)["model"]),) if teacher else ()
+        for seed in cfg["seeds"]:
+            p = run_paths(cfg, run, seed)
+            args = ("--run", run, "--seed", str(seed))
+            out.append(Stage(stage_name("train", run, seed), command(cfg, "train", *args),
+                             (data, *teacher_model, *TRAIN_CODE),
+                             (str(p["model"]), str(p["train_log"])),
+                             params=tuple(param_keys_for_run(cfg, run))))
+            out.append(Stage(stage_name("evaluate", run, seed), command(cfg, "evaluate", *args),
+                             (data, str(p["model"]), *EVALUATE_CODE), (), (str(p["metrics"]),),
+                             params=tuple(param_keys_for_evaluate(cfg, run=run))))
+    for name in cfg["tables"]:
+        p = table_paths(cfg, name)
+        out.append(Stage(stage_name("table", name), command(cfg, "table", "--table", name),
+                         (*TABLE_CODE, *map(str, table_metrics(cfg, name))),
+                         (str(p["csv"]), str(p["tex"])),
+                         params=tuple(param_keys_for_table(cfg, name)), cache=False))
+    names = [s.name for s in out]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ParamsError(f"{', '.join(files_of(cfg))}: two stages would be named "
+                          f"{', '.join(clashes)}; rename a run or teacher")
+    return out
+
+
+def table_metrics(cfg, name: str) -> list[Path]:
+    """The metrics.json files a table reads: its teacher's, then every row's run x seed."""
+    table = lookup(cfg, "tables", name)
+    files = [teacher_paths(cfg, table["teacher"])["metrics"]]
+    files += [run_paths(cfg, row["run"], seed)["metrics"]
+              for row in table["rows"] for seed in cfg["seeds"]]
+    return files
+
+
+def code_files(paths: Iterable[str]) -> list[str]:
+    """Code paths with folders expanded to their files (what DVC hashes; caches excluded)."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out += sorted(str(f) for f in path.rglob("*") if f.is_file()
+                          and "__pycache__" not in f.parts and f.suffix != ".pyc")
+        else:
+            out.append(str(path))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# dvc.yaml
+# ----------------------------------------------------------------------------------------------
+def _param_files(cfg, keys: Sequence[str]) -> list[dict]:
+    """``params:`` entries of a stage. The first (base) file lists the stage's key paths that it
+    defines, so a change reruns exactly the stages that use it. Overlay files are tracked whole
+    (``- params/micro.yaml:``): a key added to an overlay later must still be seen, and DVC
+    refuses keys a file does not define; overlays are small profiles, so this costs little."""
+    files = files_of(cfg)
+    base = read_params_file(files[0])
+    entries = []
+    found = [k for k in keys if _defines(base, tuple(k.split(".")))]
+    if found:
+        entries.append({files[0]: found})
+    entries += [{f: None} for f in files[1:]]
+    return entries
+
+
+def dvc_yaml(cfg) -> dict:
+    """The dvc.yaml content for :func:`stages`."""
+    out = {}
+    for st in stages(cfg):
+        entry: dict[str, Any] = {"cmd": st.cmd, "deps": list(st.deps)}
+        if st.params:
+            entry["params"] = _param_files(cfg, st.params)
+        if st.outs:
+            entry["outs"] = list(st.outs) if st.cache else [{o: {"cache": False}} for o in st.outs]
+        if st.metrics:
+            entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
+        out[st.name] = entry
+    return {"stages": out}
+
+
+class _DvcDumper(yaml.SafeDumper):
+    """Writes ``None`` as nothing, as in DVC's docs: ``- params/micro.yaml:`` (the whole file)."""
+
+
+_DvcDumper.add_representer(type(None),
+                           lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", ""))
+
+
+def dvc_yaml_text(cfg) -> str:
+    args = " ".join(f"--params {shlex.quote(f)}" for f in files_of(cfg))
+    header = ("# GENERATED from the run matrix by\n"
+              f"#   python -m bcd dvc-yaml {args}\n"
+              "# Do not edit: change params/ and regenerate (a test checks that it is current).\n")
+    body = yaml.dump(dvc_yaml(cfg), Dumper=_DvcDumper, sort_keys=False,
+                     default_flow_style=False, width=100)
+    return header + body
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands (wired into bcd/cli.py)
+# ----------------------------------------------------------------------------------------------
+def main_check(args) -> None:
+    """``python -m bcd check-params --params F...``: validate and print a summary."""
+    cfg = load_params(args.params)
+    st = stages(cfg)
+    print(f"params OK: {' + '.join(files_of(cfg))} (profile {cfg['profile']})")
+    print(f"  seeds {cfg['seeds']}; data {cfg['data']['dataset']} -> {data_dir(cfg)}")
+    for t in teachers_used(cfg):
+        spec = cfg["teachers"][t]
+        print(f"  teacher {t}: {spec['model']}, {cfg['train']['teacher']['iters']} iters")
+    for run, spec in cfg["runs"].items():
+        kd = (f" <- {spec['teacher']} [{', '.join(spec['distill'])}"
+              f"{' + r(t)' if spec.get('weight_decay_schedule') else ''}]"
+              if spec.get("distill") else "")
+        print(f"  run {run}: {spec['student']}{kd}")
+    for name, table in cfg["tables"].items():
+        print(f"  table {name}: {len(table['rows'])} rows -> {table_paths(cfg, name)['csv']}")
+    kinds: dict[str, int] = {}
+    for s in st:
+        kind = s.name.split("-")[0] if not s.name.startswith("evaluate-teacher") else "evaluate"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    print(f"  {len(st)} stages: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+
+
+def main_dvc_yaml(args) -> None:
+    """``python -m bcd dvc-yaml --params F... [--out dvc.yaml]``: write the generated dvc.yaml."""
+    cfg = load_params(args.params)
+    out = Path(getattr(args, "out", None) or "dvc.yaml")
+    _write_atomic(out, dvc_yaml_text(cfg))
+    print(f"wrote {out}: {len(stages(cfg))} stages")

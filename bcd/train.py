@@ -1,0 +1,157 @@
+"""Stage commands that train: the teacher fine-tuning and the student runs (with or without KD).
+
+Both go through mmengine's Runner with mmseg models and datasets; distillation runs use mmrazor's
+``SingleTeacherDistill`` + ``ConfigurableDistiller`` configured by :mod:`bcd.mm.configs`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from bcd import params as P
+
+
+def _setup_threads() -> None:
+    n = os.environ.get("BCD_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def require_dataset(cfg) -> Path:
+    """The prepared dataset folder, or a clear error saying how to make it."""
+    root = P.data_dir(cfg)
+    if cfg["data"]["dataset"] == "shapes":
+        from bcd.data.synthetic import check_dataset
+        check_dataset(root)
+    elif not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} is missing; run `python -m bcd data "
+                                f"--params {' '.join(map(str, P.files_of(cfg)))}` first")
+    return root
+
+
+def require_teacher(cfg, teacher: str) -> Path:
+    path = P.teacher_paths(cfg, teacher)["model"]
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"teacher checkpoint {path} is missing; train it with `python -m bcd teacher --params "
+            f"{' '.join(map(str, P.files_of(cfg)))} --teacher {teacher}` (or `snakemake {path}`)")
+    return Path(path)
+
+
+def save_weights(module: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """Save plain weights (loadable with ``weights_only=True``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    torch.save({"state_dict": state, "meta": dict(meta)}, tmp)
+    os.replace(tmp, path)
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a weights file written by :func:`save_weights` (or any plain state dict), weights only."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a weights file (expected a dict of tensors under "
+                         "'state_dict')")
+    return state
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path) -> None:
+    """Refuse a checkpoint whose keys or shapes do not match ``model`` exactly."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            detail.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint "
+                          f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        raise ValueError(f"{path} does not fit the model's architecture: " + "; ".join(detail))
+
+
+def _run(config) -> Any:
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(config)
+    runner.train()
+    return runner
+
+
+def train_teacher(cfg, name: str) -> Path:
+    """Fine-tune (here: train from scratch) one teacher; write its weights and training log."""
+    from bcd.mm import compat, configs
+
+    _setup_threads()
+    spec = P.resolve_teacher(cfg, name)
+    paths = P.teacher_paths(cfg, name)
+    root = require_dataset(cfg)
+    work = Path(paths["dir"]) / "work"
+    compat.trust_checkpoint_root(work)
+    t0 = time.time()
+    config = configs.teacher_config(spec=spec["model"], data=spec["data"], data_root=root,
+                                    train=spec["train"], work_dir=work, seed=spec["seed"],
+                                    log_file=paths["train_log"])
+    runner = _run(config)
+    save_weights(runner.model, paths["model"],
+                 dict(kind="teacher", name=name, model=spec["model"], seed=spec["seed"],
+                      iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1)))
+    return Path(paths["model"])
+
+
+def train_student(cfg, run: str, seed: int) -> Path:
+    """Train one student run (plain, or distilled from its teacher) for one seed."""
+    from bcd.mm import compat, configs
+
+    _setup_threads()
+    spec = P.resolve_run(cfg, run)
+    paths = P.run_paths(cfg, run, seed)
+    root = require_dataset(cfg)
+    teacher_ckpt, teacher_spec = None, None
+    if spec["methods"]:
+        teacher_ckpt = require_teacher(cfg, spec["teacher"]["name"])
+        teacher_spec = spec["teacher"]["model"]
+        _check_teacher(teacher_spec, spec["data"], teacher_ckpt)
+    work = Path(paths["dir"]) / "work"
+    compat.trust_checkpoint_root(work)
+    t0 = time.time()
+    config = configs.distill_config(
+        student_spec=spec["student"]["model"], teacher_spec=teacher_spec,
+        teacher_ckpt=teacher_ckpt, methods=spec["methods"],
+        decay_schedule=spec["weight_decay_schedule"], data=spec["data"], data_root=root,
+        train=spec["train"], work_dir=work, seed=seed, log_file=paths["train_log"])
+    runner = _run(config)
+    model = runner.model
+    student = model.student if hasattr(model, "student") else model
+    save_weights(student, paths["model"],
+                 dict(kind="student", run=run, seed=seed, model=spec["student"]["model"],
+                      methods=sorted(spec["methods"]), iters=spec["train"]["iters"],
+                      teacher=spec["teacher"]["name"] if spec["methods"] else None,
+                      seconds=round(time.time() - t0, 1)))
+    return Path(paths["model"])
+
+
+def _check_teacher(teacher_spec, data, ckpt: Path) -> None:
+    """Refuse a teacher checkpoint that does not fit the teacher architecture, before training."""
+    from mmseg.registry import MODELS
+
+    from bcd.mm import configs
+
+    model = MODELS.build(configs.segmentor(teacher_spec, configs.num_classes(data),
+                                           configs.crop_size(data)))
+    check_state_dict(model, load_weights(ckpt), ckpt)
+
+
+logging.getLogger("mmengine").setLevel(logging.WARNING)

@@ -1,0 +1,257 @@
+"""The Snakemake workflow and dvc.yaml describe the same stages (commands, outputs, inputs), the
+committed dvc.yaml is current, and both tools rerun exactly the stages a params change affects.
+
+Snakemake's plan is read from ``snakemake --dry-run --forceall --printshellcmds`` (one block per
+job: ``rule``, ``input:``, ``output:``, ``log:``, ``benchmark:``, ``Shell command:``); benchmark
+files are named after the DVC stage, which pairs each job with its stage. The parse is checked against the
+job count Snakemake prints, so a format change fails loudly instead of comparing nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bcd import params as P
+
+pytest.importorskip("snakemake", reason="snakemake is installed by tools/setup_env.sh")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _run(args, cwd=ROOT, check=True, timeout=300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    if check:
+        assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _snakemake(*args, cwd=ROOT, check=True):
+    return _run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=cwd, check=check)
+
+
+def _norm(cmd: str) -> str:
+    """A command with the interpreter written as `python` and whitespace normalised."""
+    words = shlex.split(cmd)
+    return " ".join(["python", *map(shlex.quote, words[1:])])
+
+
+def parse_plan(text: str) -> dict[str, dict]:
+    """Jobs of a Snakemake dry-run by stage name (the benchmark file's name)."""
+    jobs, job = [], None
+    for line in text.splitlines():
+        head = re.match(r"^(?:local)?rule (\w+):$", line)
+        if head:
+            job = {"rule": head.group(1)}
+            jobs.append(job)
+            continue
+        field = re.match(r"^\s+(input|output|log|benchmark): (.*)$", line)
+        if job is not None and field:
+            job[field.group(1)] = field.group(2)
+        elif job is not None and line.startswith("Shell command: "):
+            job["shell"] = line[len("Shell command: "):]
+    total = re.search(r"^total\s+(\d+)$", text, re.M)
+    assert total and int(total.group(1)) == len(jobs), f"cannot parse the dry-run:\n{text}"
+    out = {}
+    for job in jobs:
+        if job["rule"] == "all":
+            continue
+        assert "benchmark" in job and "shell" in job, job
+        out[Path(job["benchmark"]).stem] = job
+    return out
+
+
+def snakemake_plan(*args, cwd=ROOT) -> dict[str, dict]:
+    proc = _snakemake("--dry-run", "--forceall", "--printshellcmds", "--nolock", *args, cwd=cwd)
+    return parse_plan(proc.stdout + proc.stderr)
+
+
+def _paths(entries) -> set[str]:
+    return {e if isinstance(e, str) else next(iter(e)) for e in entries or []}
+
+
+def _expand(deps) -> set[str]:
+    """DVC deps with the code folders expanded to files, as Snakemake lists them."""
+    out = set()
+    for d in deps:
+        out.update(P.code_files([d]) if d.startswith("bcd/") else [d])
+    return out
+
+
+def assert_same_stages(plan: dict[str, dict], dvc: dict[str, dict]) -> None:
+    assert set(plan) == set(dvc)
+    for name, stage in dvc.items():
+        job = plan[name]
+        redirect = f" > {job['log']} 2>&1"  # Snakemake keeps a log file; DVC prints the output
+        assert job["shell"].endswith(redirect), job
+        assert _norm(job["shell"][: -len(redirect)]) == _norm(stage["cmd"]), name
+        assert set(job["output"].split(", ")) == _paths(stage.get("outs")) | _paths(
+            stage.get("metrics")), name
+        assert set(job.get("input", "").split(", ")) - {""} == _expand(stage["deps"]), name
+
+
+@pytest.fixture
+def at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def test_committed_dvc_yaml_is_current(at_root):
+    fresh = P.dvc_yaml_text(P.load_params(["params/default.yaml"]))
+    assert (ROOT / "dvc.yaml").read_text() == fresh, (
+        "dvc.yaml is stale: run `python -m bcd dvc-yaml --params params/default.yaml`")
+
+
+def test_default_plan_matches_dvc_yaml(at_root):
+    plan = snakemake_plan()
+    rules = [job["rule"] for job in plan.values()]
+    assert {r: rules.count(r) for r in set(rules)} == {
+        "data": 1, "teacher": 1, "evaluate_teacher": 1, "train": 15, "evaluate": 15, "table": 1}
+    assert_same_stages(plan, yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+
+
+def test_micro_plan_matches_its_dvc_yaml(at_root, tmp_path):
+    out = tmp_path / "dvc.yaml"
+    _run([sys.executable, "-m", "bcd", "dvc-yaml", "--params", "params/default.yaml",
+          "--params", "params/micro.yaml", "--out", str(out)])
+    stages = yaml.safe_load(out.read_text())["stages"]
+    assert len(stages) == 1 + 2 + 5 * 2 + 1
+    assert all("--params params/default.yaml --params params/micro.yaml" in s["cmd"]
+               for s in stages.values())
+    assert_same_stages(snakemake_plan("--configfile", "params/micro.yaml"), stages)
+
+
+def test_dvc_reads_the_same_stages():
+    pytest.importorskip("dvc", reason="dvc is installed by tools/setup_env.sh")
+    if not (ROOT / ".dvc").is_dir():
+        pytest.skip("no .dvc/ (run `dvc init`)")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    listed = _run([str(BIN / "dvc"), "stage", "list", "--name-only"]).stdout.split()
+    assert listed == list(stages)
+    # --force: on a fresh checkout a plain --dry stops at the first missing output folder.
+    dry = _run([str(BIN / "dvc"), "repro", "--dry", "--force"]).stdout
+    planned = dict(re.findall(r"^Running stage '([^']+)':\n> (.*)$", dry, re.M))
+    assert planned == {name: s["cmd"] for name, s in stages.items()}
+
+
+def test_snakemake_rejects_a_bad_overlay_naming_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods:\n  bd:\n    loss_weight: -1.0\n")
+    proc = _snakemake("--dry-run", "--nolock", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    message = f"{bad}: methods.bd.loss_weight: -1.0 is less than the minimum of 0"
+    assert message in proc.stdout + proc.stderr
+
+
+def test_snakemake_refuses_config_overrides():
+    proc = _snakemake("--dry-run", "--nolock", "--config", "profile=other", check=False)
+    assert proc.returncode != 0 and "--configfile" in proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Rerun triggers, end to end with stand-in stage commands
+# ----------------------------------------------------------------------------------------------
+FAKE_MAIN = '''"""Stand-in stage commands: write each stage's outputs from the resolved params, no training."""
+import argparse, hashlib, json
+from pathlib import Path
+from bcd import params as P, tables
+
+ap = argparse.ArgumentParser()
+ap.add_argument("command")
+ap.add_argument("--params", action="append")
+for opt in ("--teacher", "--run", "--seed", "--table"):
+    ap.add_argument(opt)
+a = ap.parse_args()
+cfg = P.load_params(a.params)
+seed = None if a.seed is None else int(a.seed)
+
+
+def write(path, data):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, sort_keys=True))
+
+
+if a.command == "data":
+    write(P.data_dir(cfg) / "meta.json", cfg["data"])
+elif a.command == "teacher":
+    p = P.teacher_paths(cfg, a.teacher)
+    write(p["model"], P.resolve_teacher(cfg, a.teacher))
+    write(p["train_log"], [])
+elif a.command == "train":
+    p = P.run_paths(cfg, a.run, seed)
+    write(p["model"], [P.resolve_run(cfg, a.run), seed])
+    write(p["train_log"], [])
+elif a.command == "evaluate":
+    kind, name = ("teacher", a.teacher) if a.teacher else ("student", a.run)
+    p = P.teacher_paths(cfg, a.teacher) if a.teacher else P.run_paths(cfg, a.run, seed)
+    digest = int(hashlib.md5(Path(p["model"]).read_bytes()).hexdigest(), 16)
+    write(p["metrics"], {"kind": kind, "name": name, "seed": seed, "mIoU": digest % 10000 / 100,
+                         "params": 1000, "flops": 1e6, "input_shape": [3, 32, 32]})
+elif a.command == "table":
+    tables.write_table(cfg, a.table)
+'''
+USES_BD = {"r18-bd", "r18-bd-cd", "r18-bcd"}
+
+
+def change_bd_weight(root: Path) -> None:
+    """Edit methods.bd.loss_weight in params/default.yaml, as a user would."""
+    path = root / "params" / "default.yaml"
+    text, n = re.subn(r"(?m)^(  bd:\n(?:    .*\n)*?    loss_weight: )[0-9.]+", r"\g<1>5.0",
+                      path.read_text())
+    assert n == 1
+    path.write_text(text)
+    assert P.load_params([path])["methods"]["bd"]["loss_weight"] == 5.0
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """A copy of the workflow whose `python -m bcd` writes outputs without training."""
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for name in ("workflow", "params", "bcd"):
+        shutil.copytree(ROOT / name, tmp_path / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (tmp_path / "bcd" / "__main__.py").write_text(FAKE_MAIN)
+    return tmp_path
+
+
+def test_snakemake_reruns_only_the_runs_that_use_a_changed_method(sandbox):
+    _snakemake("--configfile", "params/micro.yaml", cwd=sandbox)
+    assert (sandbox / "results/micro/tables/table1.tex").is_file()
+    again = _snakemake("--dry-run", "--configfile", "params/micro.yaml", cwd=sandbox)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    change_bd_weight(sandbox)
+    dry = _snakemake("--dry-run", "--printshellcmds", "--configfile", "params/micro.yaml",
+                     cwd=sandbox)
+    plan = parse_plan(dry.stdout + dry.stderr)
+    assert {n for n, j in plan.items() if j["rule"] == "train"} == {
+        f"train-{r}-seed0" for r in USES_BD}
+    assert {j["rule"] for j in plan.values()} == {"train", "evaluate", "table"}
+
+
+def test_dvc_reruns_only_the_runs_that_use_a_changed_method(sandbox, monkeypatch):
+    pytest.importorskip("dvc", reason="dvc is installed by tools/setup_env.sh")
+    monkeypatch.chdir(sandbox)
+    Path("dvc.yaml").write_text(P.dvc_yaml_text(P.load_params(["params/default.yaml",
+                                                               "params/micro.yaml"])))
+    dvc = str(BIN / "dvc")
+    _run([dvc, "init", "--no-scm", "-q"], cwd=sandbox)
+    first = _run([dvc, "repro"], cwd=sandbox).stdout
+    assert first.count("Running stage") == 14
+    assert "up to date" in _run([dvc, "status"], cwd=sandbox).stdout
+    change_bd_weight(sandbox)
+    status = json.loads(_run([dvc, "status", "--json"], cwd=sandbox).stdout)
+    assert set(status) == {f"train-{r}-seed0" for r in USES_BD}
+    second = _run([dvc, "repro"], cwd=sandbox).stdout
+    ran = set(re.findall(r"^Running stage '([^']+)'", second, re.M))
+    assert ran == ({f"train-{r}-seed0" for r in USES_BD}
+                   | {f"evaluate-{r}-seed0" for r in USES_BD} | {"table-table1"})

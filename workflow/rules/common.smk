@@ -1,0 +1,105 @@
+# Helpers shared by the rules. All knowledge of the params lives in bcd.params, which also
+# generates dvc.yaml, so both tools run the same commands on the same files.
+import json
+import os
+import re
+import shlex
+import sys
+
+from bcd import params as P
+
+
+def params_files():
+    """The params files in effect, in Snakemake's merge order: the Snakefile's `configfile:`,
+    then the --configfile overlays (a file given twice counts where it comes last)."""
+    overlays = [str(f) for f in workflow.config_settings.configfiles]
+    defaults = [str(f) for f in workflow.configfiles if str(f) not in overlays]
+    ordered = {}
+    for f in defaults + overlays:
+        rel = os.path.relpath(f)
+        ordered.pop(os.path.realpath(f), None)
+        ordered[os.path.realpath(f)] = f if rel.startswith("..") else rel
+    return list(ordered.values())
+
+
+CFG = P.validate_config(config, params_files())
+PY = shlex.quote(sys.executable)  # the interpreter running Snakemake, i.e. the project's venv
+PARAMS = " ".join(f"--params {shlex.quote(f)}" for f in P.files_of(CFG))
+DATA = str(P.data_dir(CFG))
+
+
+def _any_of(names):
+    return "|".join(re.escape(str(n)) for n in names)
+
+
+wildcard_constraints:
+    teacher=_any_of(P.teachers_used(CFG)),
+    run=_any_of(CFG["runs"]),
+    seed=_any_of(CFG["seeds"]),
+    table=_any_of(CFG["tables"]),
+
+
+def teacher_file(key):
+    return str(P.teacher_paths(CFG, "{teacher}")[key])
+
+
+def run_file(key):
+    return str(P.run_paths(CFG, "{run}", "{seed}")[key])
+
+
+def table_file(key):
+    return str(P.table_paths(CFG, "{table}")[key])
+
+
+def benchmark_file(kind, *names):
+    """Benchmark file of a stage, named like its DVC stage (e.g. train-{run}-seed{seed})."""
+    return str(P.benchmark_path(CFG, P.stage_name(kind, *names)))
+
+
+def log_file(kind, *names):
+    """Log file of a stage (stdout and stderr), named like its DVC stage."""
+    return str(P.log_path(CFG, P.stage_name(kind, *names)))
+
+
+def teacher_model(wildcards):
+    teacher = CFG["runs"][wildcards.run].get("teacher")
+    return [str(P.teacher_paths(CFG, teacher)["model"])] if teacher else []
+
+
+def table_metrics(wildcards):
+    return [str(p) for p in P.table_metrics(CFG, wildcards.table)]
+
+
+# Rerun triggers: everything a stage depends on, resolved by bcd.params (the same key paths are the
+# stage's `params:` in dvc.yaml). Canonical JSON, so reordering keys in a YAML file changes nothing.
+def _canonical(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def data_spec(wildcards):
+    return _canonical(CFG["data"])
+
+
+def teacher_spec(wildcards):
+    return _canonical(P.resolve_teacher(CFG, wildcards.teacher))
+
+
+def run_spec(wildcards):
+    return _canonical(P.resolve_run(CFG, wildcards.run))
+
+
+def evaluate_teacher_spec(wildcards):
+    return _canonical(P.resolve_evaluate(CFG, teacher=wildcards.teacher))
+
+
+def evaluate_run_spec(wildcards):
+    return _canonical(P.resolve_evaluate(CFG, run=wildcards.run))
+
+
+def table_spec(wildcards):
+    return _canonical(P.resolve_table(CFG, wildcards.table))
+
+
+def all_targets():
+    """Every metrics file and every table: the whole DAG of bcd.params.stages."""
+    return [f for s in P.stages(CFG) for f in (*s.metrics, *(s.outs if not s.cache else ()))]

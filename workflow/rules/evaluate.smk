@@ -1,0 +1,38 @@
+rule evaluate_teacher:
+    input:
+        data=DATA,
+        model=teacher_file("model"),
+        code=P.code_files(P.EVALUATE_CODE),
+    output:
+        teacher_file("metrics"),
+    params:
+        spec=evaluate_teacher_spec,  # rerun trigger
+    log:
+        log_file("evaluate-teacher", "{teacher}"),
+    benchmark:
+        benchmark_file("evaluate-teacher", "{teacher}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "{PY} -m bcd evaluate {PARAMS} --teacher {wildcards.teacher} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        data=DATA,
+        model=run_file("model"),
+        code=P.code_files(P.EVALUATE_CODE),
+    output:
+        run_file("metrics"),
+    params:
+        spec=evaluate_run_spec,  # rerun trigger
+    log:
+        log_file("evaluate", "{run}", "{seed}"),
+    benchmark:
+        benchmark_file("evaluate", "{run}", "{seed}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "{PY} -m bcd evaluate {PARAMS} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"

@@ -1,0 +1,18 @@
+rule teacher:
+    input:
+        data=DATA,
+        code=P.code_files(P.TEACHER_CODE),
+    output:
+        model=teacher_file("model"),
+        train_log=teacher_file("train_log"),
+    params:
+        spec=teacher_spec,  # rerun trigger
+    log:
+        log_file("teacher", "{teacher}"),
+    benchmark:
+        benchmark_file("teacher", "{teacher}")
+    threads: 2  # the teacher runs alone before the student runs
+    resources:
+        mem_mb=4000,
+    shell:
+        "{PY} -m bcd teacher {PARAMS} --teacher {wildcards.teacher} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule train:
+    input:
+        data=DATA,
+        teacher=teacher_model,  # only for distillation runs
+        code=P.code_files(P.TRAIN_CODE),
+    output:
+        model=run_file("model"),
+        train_log=run_file("train_log"),
+    params:
+        spec=run_spec,  # rerun trigger: only the runs that use a changed value
+    log:
+        log_file("train", "{run}", "{seed}"),
+    benchmark:
+        benchmark_file("train", "{run}", "{seed}")
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "{PY} -m bcd train {PARAMS} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"

@@ -42,7 +42,7 @@ def test_relation_logits_shape_and_values():
 
 def test_loss_value_on_hand_checked_1x2_map():
     # C = 1, two pixels: teacher features [1, 2], student [0, 1], d = 1.
-    loss = ContextDistillLoss(in_channels=1, align="none", normalize="none")
+    loss = ContextDistillLoss(in_channels=1, align="none", normalize="none", reduction="row")
     t = torch.tensor([1.0, 2.0], dtype=torch.float64).view(1, 1, 1, 2)
     s = torch.tensor([0.0, 1.0], dtype=torch.float64).view(1, 1, 1, 2)
     row0 = _kl(_softmax([1.0, 2.0]), _softmax([0.0, 0.0]))
@@ -50,7 +50,8 @@ def test_loss_value_on_hand_checked_1x2_map():
     expected = 50.0 * (row0 + row1) / 2
     assert abs(loss(s, t).item() - expected) < 1e-10
     # tau = 2
-    hot = ContextDistillLoss(in_channels=1, align="none", normalize="none", temperature={"init": 2.0, "factor": 1.0})
+    hot = ContextDistillLoss(in_channels=1, align="none", normalize="none", reduction="row",
+                             temperature={"init": 2.0, "factor": 1.0})
     row0 = _kl(_softmax([1.0, 2.0], 2.0), _softmax([0.0, 0.0], 2.0))
     row1 = _kl(_softmax([2.0, 4.0], 2.0), _softmax([0.0, 1.0], 2.0))
     assert abs(hot(s, t).item() - 50.0 * 4.0 * (row0 + row1) / 2) < 1e-10
@@ -132,3 +133,13 @@ def test_channel_standardisation_makes_loss_scale_invariant():
     assert not torch.allclose(raw(s, t), raw(s * 30.0, t * 7.0), rtol=1e-2)
     with pytest.raises(ValueError, match="normalize"):
         ContextDistillLoss(normalize="batch")
+
+
+def test_entry_reduction_is_row_mean_divided_by_hw():
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 5)
+    row = ContextDistillLoss(in_channels=4, align="none", reduction="row")(s, t)
+    entry = ContextDistillLoss(in_channels=4, align="none")(s, t)  # the default
+    assert torch.allclose(entry, row / 15)
+    with pytest.raises(ValueError, match="reduction"):
+        ContextDistillLoss(reduction="sum")

@@ -12,6 +12,7 @@ from .boundary import check_feature_pair
 
 _ALIGN = ("conv1x1", "none")
 _NORMALIZE = ("channel", "none")
+_REDUCTION = ("row", "entry")
 
 
 def standardize_channels(feat: Tensor, eps: float = 1e-5) -> Tensor:
@@ -64,11 +65,12 @@ class ContextDistillLoss(nn.Module):
 
     ``R = softmax(O(X)^T O(X) / sqrt(d) / tau)`` over the last dim, with ``X`` the fused features
     flattened to ``(N, C, HW)`` and ``d = C`` (Eq. 4, reading the paper's ``sigma(.)/tau`` as the
-    tempered softmax ``sigma(z / tau)``). Eq. 5 as a KL divergence per row::
+    tempered softmax ``sigma(z / tau)``). Eq. 5 as a KL divergence per row, its sum over the
+    ``hw x hw`` items averaged over them (``reduction='entry'``)::
 
-        L_CD = loss_weight * mean_{n, i} tau^2 KL(R^T_i || R^S_i)
+        L_CD = loss_weight * mean_{n, i} tau^2 KL(R^T_i || R^S_i) / hw
 
-    (mean over the ``HW`` rows and the batch instead of the paper's sum). ``O(.)`` (Eq. 4's
+    (``reduction='row'`` drops the ``/ hw``). ``O(.)`` (Eq. 4's
     feature alignment) is a learnable 1x1 conv ``C -> C`` on the student side, initialised to
     the identity, and the identity on the teacher side (``align='conv1x1'``), or the identity on
     both sides (``align='none'``); then, with ``normalize='channel'`` (default), each pixel's
@@ -84,6 +86,11 @@ class ContextDistillLoss(nn.Module):
         align: ``'conv1x1'`` or ``'none'``. Default ``'conv1x1'``.
         normalize: ``'channel'`` or ``'none'`` (raw features, the literal Eq. 4).
             Default ``'channel'``.
+        reduction: how Eq. 5's sum over the ``hw x hw`` items is normalised: ``'row'`` = mean
+            over the ``N hw`` row distributions of their KL (like mmrazor's CWD, which divides
+            by the number of distributions); ``'entry'`` = mean over all ``N hw hw`` entries
+            (``F.kl_div(..., reduction='mean')``), i.e. ``'row'`` divided by ``hw``.
+            Default ``'entry'`` (docs/method.md explains the choice).
 
     Shapes:
         preds_S, preds_T: ``(N, C, H, W)``. Output: scalar.
@@ -96,6 +103,7 @@ class ContextDistillLoss(nn.Module):
         temperature: dict | AdaptiveTemperature | None = None,
         align: str = "conv1x1",
         normalize: str = "channel",
+        reduction: str = "entry",
     ) -> None:
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -106,6 +114,10 @@ class ContextDistillLoss(nn.Module):
             raise ValueError(
                 f"ContextDistillLoss: normalize must be one of {_NORMALIZE}, got {normalize!r}")
         self.normalize = normalize
+        if reduction not in _REDUCTION:
+            raise ValueError(
+                f"ContextDistillLoss: reduction must be one of {_REDUCTION}, got {reduction!r}")
+        self.reduction = reduction
         self.in_channels = in_channels
         self.loss_weight = float(loss_weight)
         self.align = align
@@ -119,7 +131,8 @@ class ContextDistillLoss(nn.Module):
             self.student_align = None
 
     def extra_repr(self) -> str:
-        return f"loss_weight={self.loss_weight}, align={self.align!r}, normalize={self.normalize!r}"
+        return (f"loss_weight={self.loss_weight}, align={self.align!r}, "
+                f"normalize={self.normalize!r}, reduction={self.reduction!r}")
 
     def aligned_student(self, preds_S: Tensor) -> Tensor:
         """``O(S^c)``: the student alignment (weights cast to the input's dtype)."""
@@ -138,4 +151,7 @@ class ContextDistillLoss(nn.Module):
             s_feat, t_feat = standardize_channels(s_feat), standardize_channels(t_feat)
         if self.training and self.temperature.factor != 1.0:  # skip building logits for a fixed tau
             self.temperature.update(relation_logits(t_feat), dim=-1)
-        return self.loss_weight * relation_kl(t_feat, s_feat, self.temperature.tau).mean()
+        per_row = relation_kl(t_feat, s_feat, self.temperature.tau)  # (N, HW)
+        if self.reduction == "entry":
+            per_row = per_row / per_row.shape[-1]
+        return self.loss_weight * per_row.mean()

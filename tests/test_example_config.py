@@ -19,7 +19,9 @@ def test_example_config_builds_bcd_distiller():
 
     cfg = Config.fromfile(str(CONFIG))
     assert cfg.train_cfg.max_iters == 40000 and cfg.model.distiller.distill_losses.loss_cd.loss_weight == 50
-    assert cfg.train_dataloader.dataset.type == "PascalVOCDataset"
+    train_set = cfg.train_dataloader.dataset  # VOC aug = VOC 2012 train + SBD aug, as mmseg defines it
+    assert train_set.type == "ConcatDataset"
+    assert {d.type for d in train_set.datasets} == {"PascalVOCDataset"}
     model_cfg = compat.syncbn_to_bn(cfg.model.to_dict())
     model_cfg["teacher_ckpt"] = None  # the user's fine-tuned teacher; not available here
     algo = MODELS.build(model_cfg)

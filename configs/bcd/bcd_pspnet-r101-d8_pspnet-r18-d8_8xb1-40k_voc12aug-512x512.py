@@ -25,8 +25,8 @@ def pspnet(depth, base_channels, pretrained):
     c3, c4 = base_channels * 4 * expansion, base_channels * 8 * expansion
     return dict(
         _scope_='mmseg', type='EncoderDecoder', data_preprocessor=data_preprocessor,
-        pretrained=pretrained,
-        backbone=dict(type='ResNetV1c', depth=depth, stem_channels=base_channels,
+        backbone=dict(type='ResNetV1c',
+                      init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None, depth=depth, stem_channels=base_channels,
                       base_channels=base_channels, num_stages=4, out_indices=(0, 1, 2, 3),
                       dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), norm_cfg=norm_cfg,
                       norm_eval=False, style='pytorch', contract_dilation=True),

@@ -27,3 +27,9 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Table I alone (the BCD ablation): `snakemake --cores 2 ablation` (what `make reproduce` runs).
+rule ablation:
+    input:
+        [str(p) for k, p in P.table_paths(CFG, "table1").items() if k in ("csv", "tex")],

@@ -22,12 +22,16 @@ from bcd import params as P
 def _data(args) -> None:
     cfg = P.load_params(args.params)
     data = cfg["data"]
-    if data["dataset"] != "shapes":
-        raise SystemExit(f"bcd data: dataset {data['dataset']!r} has no generator")
-    from bcd.data.synthetic import generate
+    if data["dataset"] == "camvid":
+        from bcd.data.camvid import prepare
 
-    root = generate(P.data_dir(cfg), seed=data["seed"], num_train=data["num_train"],
-                    num_val=data["num_val"], height=data["height"], width=data.get("width"))
+        root = prepare(data["camvid"]["source"], P.data_dir(cfg))
+    else:
+        from bcd.data.synthetic import generate
+
+        gen = data["shapes"]
+        root = generate(P.data_dir(cfg), seed=gen["seed"], num_train=gen["num_train"],
+                        num_val=gen["num_val"], height=data["height"], width=data.get("width"))
     print(f"dataset ready: {root}")
 
 

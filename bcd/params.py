@@ -7,7 +7,7 @@ the Snakemake workflow (``workflow/rules/common.smk``) and the generated ``dvc.y
 
 Validation rejects a bad file before any work starts, with the file and the key path::
 
-    params/default.yaml: methods.bd.loss_weight: -1.0 is less than the minimum of 0
+    params/default.yaml: methods.bd.loss_weight: -1.0 is less than or equal to the minimum of 0
 
 Stage names (the same in ``dvc.yaml`` and in Snakemake's benchmark files)::
 
@@ -38,9 +38,10 @@ RESERVED_RUN_NAMES = ("teachers", "benchmarks", "logs")
 # students, not the teacher.
 REFERENCE_CSV = "bcd/reference/bcd_reported_results.csv"
 DATA_CODE = ("bcd/data",)
-TEACHER_CODE = ("bcd/mm", "bcd/train.py")
-TRAIN_CODE = ("bcd/losses", "bcd/connectors.py", "bcd/schedule.py", "bcd/mm", "bcd/train.py")
-EVALUATE_CODE = ("bcd/evaluate.py", "bcd/mm")
+TEACHER_CODE = ("bcd/mm", "bcd/train.py", "bcd/provenance.py")
+TRAIN_CODE = ("bcd/losses", "bcd/connectors.py", "bcd/schedule.py", "bcd/mm", "bcd/train.py",
+              "bcd/provenance.py")
+EVALUATE_CODE = ("bcd/evaluate.py", "bcd/mm", "bcd/metrics", "bcd/provenance.py")
 TABLE_CODE = ("bcd/tables.py", REFERENCE_CSV)
 
 
@@ -314,6 +315,15 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
         if spec.get("weight_decay_schedule") and not distill:
             out.append((where + ("weight_decay_schedule",),
                         "the loss-weight decay r(t) needs distill methods"))
+    data = cfg["data"]
+    if data["dataset"] == "camvid":
+        from bcd.data.camvid import SIZE
+
+        for key, have, most in (("height", data["height"], SIZE[1]),
+                                ("width", data.get("width") or data["height"], SIZE[0])):
+            if have > most:
+                out.append((("data", key), f"crop {key} {have} is larger than the CamVid images "
+                                           f"({SIZE[0]}x{SIZE[1]}, WxH)"))
     for name, table in tables.items():
         where = ("tables", name)
         if table["teacher"] not in teachers:
@@ -396,6 +406,22 @@ def lookup(cfg, section: str, name: str) -> dict:
                           f"({section}: {_known(cfg.get(section, {}))})") from None
 
 
+DATASETS = ("shapes", "camvid")  # each has its own settings section under `data`
+
+
+def data_spec(cfg) -> dict:
+    """The data settings a stage depends on: the shared keys and the chosen dataset's section
+    (the sections of other datasets are left out, so changing them reruns nothing)."""
+    data = cfg["data"]
+    return {k: copy.deepcopy(v) for k, v in data.items()
+            if k not in DATASETS or k == data["dataset"]}
+
+
+def data_keys(cfg) -> list[str]:
+    """Key paths of :func:`data_spec` (a stage's DVC ``params``)."""
+    return [f"data.{k}" for k in data_spec(cfg)]
+
+
 def resolve_teacher(cfg, name: str) -> dict:
     """A teacher, fully resolved: ``name, model_name, model`` (the model spec), ``seed``,
     ``train`` (train.teacher) and ``data``. Keys: :func:`param_keys_for_teacher`."""
@@ -406,7 +432,7 @@ def resolve_teacher(cfg, name: str) -> dict:
         "model": copy.deepcopy(lookup(cfg, "models", spec["model"])),
         "seed": spec["seed"],
         "train": copy.deepcopy(cfg["train"]["teacher"]),
-        "data": copy.deepcopy(cfg["data"]),
+        "data": data_spec(cfg),
     }
 
 
@@ -431,15 +457,18 @@ def resolve_run(cfg, run: str) -> dict:
         "methods": {m: copy.deepcopy(lookup(cfg, "methods", m)) for m in spec.get("distill", [])},
         "weight_decay_schedule": bool(spec.get("weight_decay_schedule", False)),
         "train": copy.deepcopy(cfg["train"]["student"]),
-        "data": copy.deepcopy(cfg["data"]),
+        "data": data_spec(cfg),
     }
 
 
 def resolve_evaluate(cfg, *, run: str | None = None, teacher: str | None = None) -> dict:
     """What an evaluation depends on besides the weights: the model spec and the data."""
+    ev = copy.deepcopy(cfg.get("evaluation") or {})
     if teacher is not None:
-        return {"model": resolve_teacher(cfg, teacher)["model"], "data": copy.deepcopy(cfg["data"])}
-    return {"model": resolve_run(cfg, run)["student"]["model"], "data": copy.deepcopy(cfg["data"])}
+        return {"model": resolve_teacher(cfg, teacher)["model"], "data": data_spec(cfg),
+                "evaluation": ev}
+    return {"model": resolve_run(cfg, run)["student"]["model"], "data": data_spec(cfg),
+            "evaluation": ev}
 
 
 def resolve_table(cfg, name: str) -> dict:
@@ -452,22 +481,24 @@ def _unique(keys: Iterable[str]) -> list[str]:
 
 def param_keys_for_teacher(cfg, name: str) -> list[str]:
     spec = lookup(cfg, "teachers", name)
-    return _unique([f"teachers.{name}", f"models.{spec['model']}", "train.teacher", "data"])
+    return _unique([f"teachers.{name}", f"models.{spec['model']}", "train.teacher",
+                    *data_keys(cfg)])
 
 
 def param_keys_for_run(cfg, run: str) -> list[str]:
     spec = lookup(cfg, "runs", run)
-    keys = [f"runs.{run}", f"models.{spec['student']}", "train.student", "data"]
+    keys = [f"runs.{run}", f"models.{spec['student']}", "train.student", *data_keys(cfg)]
     if spec.get("teacher") is not None:
-        keys += [k for k in param_keys_for_teacher(cfg, spec["teacher"]) if k != "data"]
+        keys += param_keys_for_teacher(cfg, spec["teacher"])
     keys += [f"methods.{m}" for m in spec.get("distill", [])]
     return _unique(keys)
 
 
 def param_keys_for_evaluate(cfg, *, run: str | None = None, teacher: str | None = None):
+    ev = ["evaluation"] if "evaluation" in cfg else []
     if teacher is not None:
-        return [f"models.{lookup(cfg, 'teachers', teacher)['model']}", "data"]
-    return [f"models.{lookup(cfg, 'runs', run)['student']}", "data"]
+        return [f"models.{lookup(cfg, 'teachers', teacher)['model']}", *data_keys(cfg), *ev]
+    return [f"models.{lookup(cfg, 'runs', run)['student']}", *data_keys(cfg), *ev]
 
 
 def param_keys_for_table(cfg, name: str) -> list[str]:
@@ -507,16 +538,26 @@ def command(cfg, subcommand: str, *args: str, python: str = "python") -> str:
     return " ".join([python, "-m", "bcd", subcommand, *params, *args])
 
 
+def runs_used(cfg) -> list[str]:
+    """The runs some table needs, in the order of ``runs``: the workflow's run matrix (a run
+    no table lists is defined but not built, so a profile shrinks the DAG by its table rows)."""
+    used = {row["run"] for t in cfg["tables"].values() for row in t["rows"]}
+    return [r for r in cfg["runs"] if r in used]
+
+
 def teachers_used(cfg) -> list[str]:
-    used = [s["teacher"] for s in cfg["runs"].values() if s.get("teacher") is not None]
+    used = [cfg["runs"][r]["teacher"] for r in runs_used(cfg)
+            if cfg["runs"][r].get("teacher") is not None]
     used += [t["teacher"] for t in cfg["tables"].values()]
     return [t for t in cfg["teachers"] if t in used]
 
 
 def stages(cfg) -> list[Stage]:
-    """Every stage: data, the teachers used by a run or table, every run x seed, every table."""
+    """Every stage: data, the teachers used, every run a table needs x seed, every table."""
     data = str(data_dir(cfg))
-    out = [Stage("data", command(cfg, "data"), DATA_CODE, (data,), params=("data",))]
+    out = [Stage("data", command(cfg, "data"), DATA_CODE, (data,),
+                 params=tuple(k for k in data_keys(cfg) if k not in ("data.height", "data.width")
+                              or cfg["data"]["dataset"] == "shapes"))]
     for t in teachers_used(cfg):
         p = teacher_paths(cfg, t)
         out.append(Stage(stage_name("teacher", t), command(cfg, "teacher", "--teacher", t),
@@ -526,7 +567,8 @@ def stages(cfg) -> list[Stage]:
                          command(cfg, "evaluate", "--teacher", t),
                          (data, str(p["model"]), *EVALUATE_CODE), (), (str(p["metrics"]),),
                          params=tuple(param_keys_for_evaluate(cfg, teacher=t))))
-    for run, spec in cfg["runs"].items():
+    for run in runs_used(cfg):
+        spec = cfg["runs"][run]
         teacher = spec.get("teacher")
         teacher_model = (str(teacher_paths(cfg, teacher)["model"]),) if teacher else ()
         for seed in cfg["seeds"]:

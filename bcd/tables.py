@@ -27,7 +27,15 @@ COLUMNS = [
     "method", "role", "run", "paper_method", "paper_miou", "paper_gain", "paper_params_m",
     "paper_flops_g", "ours_miou_mean", "ours_miou_std", "ours_gain", "n_seeds", "seeds",
     "ours_miou_per_seed", "params_m", "flops_g", "input_shape",
+    # the paper's descriptive columns (Table III), where its row has them
+    "kd_manner", "gt_mask", "boundary_type", "context_type",
+    # boundary and connectivity quality (bcd.metrics), mean and std over seeds
+    "ours_boundary_iou_mean", "ours_boundary_iou_std", "ours_trimap_iou_mean",
+    "ours_trimap_iou_std", "trimap_width", "ours_fragmentation_mean", "ours_fragmentation_std",
 ]
+DESCRIPTIVE = ("kd_manner", "gt_mask", "boundary_type", "context_type")
+QUALITY = {"boundary_iou": "mBoundaryIoU", "trimap_iou": "mTrimapIoU@{w}",
+           "fragmentation": "mFragmentation"}
 
 
 class MetricsError(ValueError):
@@ -140,10 +148,30 @@ def read_metrics(path, *, stage: str, kind: str, name: str, seed=None) -> dict:
     return data
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def _quality(metrics: list[dict]) -> dict:
+    """Boundary IoU, trimap IoU (narrowest band) and fragmentation, over the seeds that have them."""
+    widths = [(m.get("quality_settings") or {}).get("trimap_widths") for m in metrics]
+    width = min(widths[0]) if widths and widths[0] else None
+    out = {"trimap_width": width if width is not None else math.nan}
+    for name, key in QUALITY.items():
+        key = key.format(w=width)
+        vals = [float(m[key]) for m in metrics if _is_number(m.get(key))]
+        mean, std = _mean_std(vals) if len(vals) == len(metrics) else (math.nan, math.nan)
+        out[f"ours_{name}_mean"], out[f"ours_{name}_std"] = mean, std
+    return out
+
+
 def _ours(metrics: list[dict], seeds: list) -> dict:
     values = [float(m[METRIC]) for m in metrics]
     shapes = {tuple(m["input_shape"]) for m in metrics}
     return {
+        **_quality(metrics),
         "ours_miou_mean": statistics.fmean(values),
         "ours_miou_std": statistics.stdev(values) if len(values) > 1 else math.nan,
         "n_seeds": len(values),
@@ -173,11 +201,13 @@ def build_table(cfg, name: str):
         "student_model": None, "distill": None,
         **_ours([t_metrics], [cfg["teachers"][teacher]["seed"]]),
     }]
+    all_metrics: list[list[dict]] = []
     for row in table["rows"]:
         run, seeds = row["run"], list(cfg["seeds"])
         metrics = [read_metrics(P.run_paths(cfg, run, s)["metrics"],
                                 stage=P.stage_name("evaluate", run, s),
                                 kind="student", name=run, seed=s) for s in seeds]
+        all_metrics.append(metrics)
         spec = cfg["runs"][run]
         records.append({
             "method": row["label"], "role": "student", "run": run,
@@ -187,6 +217,8 @@ def build_table(cfg, name: str):
             "student_model": spec["student"], "distill": spec.get("distill"),
             **_ours(metrics, seeds),
         })
+    _check_same_teacher(table, t_metrics, [(row["run"], m) for row, ms in
+                                           zip(table["rows"], all_metrics) for m in ms])
     # Gains: against the first row without distillation that has the same student model.
     for rec in records[1:]:
         base = next((b for b in records[1:] if not b["distill"]
@@ -200,10 +232,39 @@ def build_table(cfg, name: str):
     records[0]["ours_gain"] = records[0]["paper_gain"] = math.nan
     for rec in records:
         paper = rec.pop("paper")
+        for col in DESCRIPTIVE:
+            rec[col] = (paper or {}).get(col) or ""
         rec["paper_miou"] = float(paper["value"]) if paper else math.nan
         rec["paper_params_m"] = _unit(paper["params"], "M") if paper else math.nan
         rec["paper_flops_g"] = _unit(paper["flops"], "G") if paper else math.nan
     return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+def _check_same_teacher(table, t_metrics: dict, runs: list[tuple[str, dict]]) -> None:
+    """Refuse a table whose distilled runs were made from different teacher checkpoints.
+
+    Every distilled run's provenance names the sha256 of the teacher weights it used; they must
+    all equal the hash of the teacher weights the table's teacher row evaluated.
+    """
+    want = t_metrics.get("weights_sha256")
+    seen: dict[str, list[str]] = {}
+    for run, m in runs:
+        made = m.get("provenance") or {}
+        got = made.get("teacher_sha256")
+        if got:
+            seen.setdefault(got, []).append(f"{run} seed {m.get('seed')}")
+    if want:
+        bad = {h: r for h, r in seen.items() if h != want}
+    else:
+        bad = seen if len(seen) > 1 else {}
+    if bad:
+        detail = "; ".join(f"{', '.join(r[:3])}{' ...' if len(r) > 3 else ''} used teacher "
+                           f"{h[:12]}" for h, r in bad.items())
+        raise MetricsError(
+            f"table {table.get('caption', '')!r} would mix runs distilled from different teacher "
+            f"checkpoints: the teacher row evaluated {str(want)[:12]}, but {detail}. Retrain those "
+            "runs against the current teacher (snakemake/dvc repro does this when the teacher "
+            "changed).")
 
 
 def _tex_escape(text: str) -> str:
@@ -233,8 +294,29 @@ def format_table(df):
             return f"{r.ours_miou_mean:.2f} $\\pm$ {r.ours_miou_std:.2f}"
         return f"{r.ours_miou_mean:.2f}"
 
+    def pm(mean, std):
+        if not _is_number(mean):
+            return "--"
+        return f"{mean:.2f} $\\pm$ {std:.2f}" if _is_number(std) else f"{mean:.2f}"
+
+    view = {"Method": [_tex_escape(m) for m in df["method"]]}
+    if any(df[c].astype(str).str.len().gt(0).any() for c in DESCRIPTIVE):
+        for col, title in zip(DESCRIPTIVE, ("KD manner", "GT mask", "Boundary", "Context")):
+            view[title] = [_tex_escape(v) if v else "--" for v in df[col]]
+    quality = {}
+    if df["ours_boundary_iou_mean"].notna().any():
+        w = df["trimap_width"].dropna()
+        w = int(w.iloc[0]) if len(w) else "?"
+        quality = {
+            "Ours B-IoU": [pm(a, b) for a, b in zip(df["ours_boundary_iou_mean"],
+                                                    df["ours_boundary_iou_std"])],
+            f"Ours trimap@{w}": [pm(a, b) for a, b in zip(df["ours_trimap_iou_mean"],
+                                                          df["ours_trimap_iou_std"])],
+            "Ours frag. (\\%)": [pm(a, b) for a, b in zip(df["ours_fragmentation_mean"],
+                                                        df["ours_fragmentation_std"])],
+        }
     return pd.DataFrame({
-        "Method": [_tex_escape(m) for m in df["method"]],
+        **view,
         "Paper mIoU": [_num(v) if _is_number(v) else "--" for v in df["paper_miou"]],
         "Paper gain": [_gain(v) for v in df["paper_gain"]],
         "Ours mIoU": [ours(r) for r in df.itertuples()],
@@ -242,8 +324,10 @@ def format_table(df):
         "Seeds": [str(int(n)) for n in df["n_seeds"]],
         "Params (M)": [_num(v) for v in df["params_m"]],
         "FLOPs (G)": [_num(v) for v in df["flops_g"]],
-        "Paper Params (M)": [_num(v) for v in df["paper_params_m"]],
-        "Paper FLOPs (G)": [_num(v) for v in df["paper_flops_g"]],
+        **({"Paper Params (M)": [_num(v) for v in df["paper_params_m"]],
+            "Paper FLOPs (G)": [_num(v) for v in df["paper_flops_g"]]}
+           if df["paper_params_m"].notna().any() else {}),
+        **quality,
     })
 
 
@@ -262,10 +346,14 @@ def _caption(cfg, name: str, df) -> str:
 
 
 def to_latex(cfg, name: str, df) -> str:
+    """booktabs LaTeX; the tabular is scaled to the line width (needs ``graphicx``)."""
     view = format_table(df)
-    return view.style.hide(axis="index").to_latex(
+    tex = view.style.hide(axis="index").to_latex(
         column_format="l" + "r" * (view.shape[1] - 1), hrules=True, position="t",
         position_float="centering", caption=_caption(cfg, name, df), label=f"tab:{name}")
+    begin, end = tex.index("\\begin{tabular}"), tex.index("\\end{tabular}") + len("\\end{tabular}")
+    return (tex[:begin] + "\\resizebox{\\linewidth}{!}{%\n" + tex[begin:end] + "%\n}"
+            + tex[end:])
 
 
 def _write_atomic(path: Path, write) -> None:

@@ -5,8 +5,10 @@ Both go through mmengine's Runner with mmseg models and datasets; distillation r
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +16,9 @@ from typing import Any, Mapping
 import torch
 
 from bcd import params as P
+from bcd import provenance
+
+log = logging.getLogger("bcd")
 
 
 def _setup_threads() -> None:
@@ -28,6 +33,13 @@ def require_dataset(cfg) -> Path:
     if cfg["data"]["dataset"] == "shapes":
         from bcd.data.synthetic import check_dataset
         check_dataset(root)
+    elif cfg["data"]["dataset"] == "camvid":
+        from bcd.data import camvid
+        try:
+            camvid.check_dataset(root)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; run `python -m bcd data --params "
+                                    f"{' '.join(map(str, P.files_of(cfg)))}` first") from None
     elif not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} is missing; run `python -m bcd data "
                                 f"--params {' '.join(map(str, P.files_of(cfg)))}` first")
@@ -53,14 +65,37 @@ def save_weights(module: torch.nn.Module, path: str | os.PathLike, meta: Mapping
     os.replace(tmp, path)
 
 
+def _load_weights_file(path: str | os.PathLike) -> dict:
+    """``torch.load`` with ``weights_only=True``: checkpoints handed to bcd are untrusted input."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated/corrupt/pickled files raise many types
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "weights_only" in str(err) or "Weights only load failed" in str(err):
+            raise ValueError(
+                f"{path}: not plain weights; loading it fully would unpickle arbitrary Python "
+                "objects, which can execute code. Convert it to a state dict you trust "
+                f"(torch.save(model.state_dict(), ...)). (torch said: {first})") from err
+        raise ValueError(f"{path}: not a readable weights file ({first})") from err
+
+
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a weights file written by :func:`save_weights` (or any plain state dict), weights only."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = _load_weights_file(path)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a weights file (expected a dict of tensors under "
                          "'state_dict')")
     return state
+
+
+def load_meta(path: str | os.PathLike) -> dict:
+    """The ``meta`` dict :func:`save_weights` stored (empty for a foreign weights file)."""
+    ckpt = _load_weights_file(path)
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path) -> None:
@@ -90,6 +125,44 @@ def _run(config) -> Any:
     return runner
 
 
+def _fingerprint(made_from: Mapping[str, Any]) -> dict:
+    """What must match for a killed run to be resumed: its settings, teacher and seed.
+
+    The code version is recorded (provenance) but not compared: a user who updates bcd while a
+    long run is preempted still resumes it rather than losing hours.
+    """
+    return {"spec_sha256": made_from["spec_sha256"], "seed": made_from["seed"],
+            "teacher_sha256": made_from["teacher_sha256"]}
+
+
+def prepare_work_dir(work: Path, fingerprint: Mapping[str, Any]) -> bool:
+    """Make ``work`` ready for a run; True when it holds a checkpoint of the same run to resume.
+
+    A work dir written by a run with other settings (params, code, teacher) is moved aside to
+    ``work.stale`` (replacing an older one) rather than resumed; nothing else is deleted.
+    """
+    stamp = work / "run_fingerprint.json"
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))
+    if (work / "last_checkpoint").is_file():
+        try:
+            same = json.loads(stamp.read_text()) == fingerprint
+        except (OSError, ValueError):
+            same = False
+        target = Path((work / "last_checkpoint").read_text().strip())
+        if same and target.is_file():
+            log.warning("resuming from %s", target)
+            return True
+        stale = work.with_name(work.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        work.rename(stale)
+        log.warning("%s held checkpoints of a run with other settings; moved to %s", work, stale)
+    from bcd.mm.hooks import write_json_atomic
+
+    work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stamp, fingerprint)
+    return False
+
+
 def train_teacher(cfg, name: str) -> Path:
     """Fine-tune (here: train from scratch) one teacher; write its weights and training log."""
     from bcd.mm import compat, configs
@@ -100,14 +173,17 @@ def train_teacher(cfg, name: str) -> Path:
     root = require_dataset(cfg)
     work = Path(paths["dir"]) / "work"
     compat.trust_checkpoint_root(work)
+    made_from = provenance.record(kind="teacher", name=name, seed=spec["seed"], spec=spec)
+    resume = prepare_work_dir(work, _fingerprint(made_from))
     t0 = time.time()
     config = configs.teacher_config(spec=spec["model"], data=spec["data"], data_root=root,
                                     train=spec["train"], work_dir=work, seed=spec["seed"],
-                                    log_file=paths["train_log"])
+                                    log_file=paths["train_log"], resume=resume)
     runner = _run(config)
     save_weights(runner.model, paths["model"],
                  dict(kind="teacher", name=name, model=spec["model"], seed=spec["seed"],
-                      iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1)))
+                      iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1),
+                      resumed=resume, provenance=made_from))
     return Path(paths["model"])
 
 
@@ -126,12 +202,16 @@ def train_student(cfg, run: str, seed: int) -> Path:
         _check_teacher(teacher_spec, spec["data"], teacher_ckpt)
     work = Path(paths["dir"]) / "work"
     compat.trust_checkpoint_root(work)
+    made_from = provenance.record(kind="student", name=run, seed=seed, spec=spec,
+                                  teacher_ckpt=teacher_ckpt)
+    resume = prepare_work_dir(work, _fingerprint(made_from))
     t0 = time.time()
     config = configs.distill_config(
         student_spec=spec["student"]["model"], teacher_spec=teacher_spec,
         teacher_ckpt=teacher_ckpt, methods=spec["methods"],
         decay_schedule=spec["weight_decay_schedule"], data=spec["data"], data_root=root,
-        train=spec["train"], work_dir=work, seed=seed, log_file=paths["train_log"])
+        train=spec["train"], work_dir=work, seed=seed, log_file=paths["train_log"],
+        resume=resume)
     runner = _run(config)
     model = runner.model
     student = model.student if hasattr(model, "student") else model
@@ -139,7 +219,8 @@ def train_student(cfg, run: str, seed: int) -> Path:
                  dict(kind="student", run=run, seed=seed, model=spec["student"]["model"],
                       methods=sorted(spec["methods"]), iters=spec["train"]["iters"],
                       teacher=spec["teacher"]["name"] if spec["methods"] else None,
-                      seconds=round(time.time() - t0, 1)))
+                      seconds=round(time.time() - t0, 1), resumed=resume,
+                      provenance=made_from))
     return Path(paths["model"])
 
 

@@ -113,3 +113,42 @@ def test_syncbn_needs_patch_3():
     plain = _run_two_ranks(cfg)
     assert all("GPU" in msg for msg in plain), plain
     assert _run_two_ranks(compat.syncbn_to_bn(cfg)) == ["ok", "ok"]
+
+
+_SAVER = """
+import sys, torch
+if sys.argv[2] == "patched":
+    from bcd.mm import compat
+    compat.patch_checkpoint_saving()
+from mmengine.runner import runner
+runner.save_checkpoint({"state_dict": {"w": torch.ones(100_000_000)}}, sys.argv[1])
+"""
+
+
+def _kill_during_save(path, mode):
+    """Start a process writing a ~400 MB checkpoint; kill -9 it once anything reached the disk."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path), mode])
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.stat().st_size > 0 for p in path.parent.iterdir()):
+            proc.kill()
+            break
+        time.sleep(0.001)
+    proc.wait()
+    return proc.returncode
+
+
+def test_checkpoint_saving_needs_patch_4(tmp_path):
+    """A run killed while mmengine writes a checkpoint leaves no truncated file under its name."""
+    plain_dir, patched_dir = tmp_path / "plain", tmp_path / "patched"
+    plain_dir.mkdir()
+    patched_dir.mkdir()
+    assert _kill_during_save(plain_dir / "iter_10.pth", "plain") == -9, "the write was not interrupted"
+    final = plain_dir / "iter_10.pth"
+    assert final.exists(), "mmengine no longer writes in place: patch 4 may be obsolete"
+    with pytest.raises(Exception):
+        torch.load(final, weights_only=True)
+    assert _kill_during_save(patched_dir / "iter_10.pth", "patched") == -9
+    assert not (patched_dir / "iter_10.pth").exists(), "a partial checkpoint under its final name"

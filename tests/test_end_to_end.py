@@ -58,6 +58,17 @@ def test_micro_workflow_produces_table_from_metrics(project):
         "the table does not carry the run's measured mIoU"
     teacher = json.loads((project / "runs/micro/teachers/pspnet-r101/metrics.json").read_text())
     assert teacher["params"] > metrics["params"], "the teacher should be the larger model"
+    # boundary / connectivity quality next to mIoU, in the metrics file and the table
+    for key in ("mBoundaryIoU", "mTrimapIoU@1", "mFragmentation"):
+        assert 0.0 <= metrics[key] <= 100.0 or metrics[key] != metrics[key]
+    assert table["ours_boundary_iou_mean"].notna().all()
+    assert metrics["provenance"]["teacher_sha256"] == teacher["weights_sha256"]
+    # Tables III and IV: comparison methods joint with BCD, the paper's descriptive columns
+    t3 = pd.read_csv(project / "results/micro/tables/table3.csv")
+    joint = t3[t3["run"] == "r18-ifvd-bcd"].iloc[0]
+    assert joint["kd_manner"] == "W2W" and joint["paper_miou"] == pytest.approx(74.82)
+    t4 = pd.read_csv(project / "results/micro/tables/table4.csv")
+    assert list(t4["run"]) == ["deeplabv3plus-r101", "dlv3p-r18-tat"]
     log = json.loads((project / "runs/micro/r18-bcd/seed0/train_log.json").read_text())
     last = log["train"][-1]
     assert {"distill.loss_bd", "distill.loss_cd", "r_t", "loss_cd_tau"} <= set(last)

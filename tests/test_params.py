@@ -65,7 +65,7 @@ MALFORMED = [
     ("wrong-type-list", _set(("seeds",), "0"), "seeds", "not of type 'array'"),
     ("wrong-type-section", _set(("methods", "bd"), 10.0), "methods.bd", "not of type 'object'"),
     ("negative-weight", _set(("methods", "bd", "loss_weight"), -1.0), "methods.bd.loss_weight",
-     "-1.0 is less than the minimum of 0"),
+     "-1.0 is less than or equal to the minimum of 0"),
     ("negative-probe-weight", _set(("methods", "bd", "teacher_probe_weight"), -0.5),
      "methods.bd.teacher_probe_weight", "less than the minimum of 0"),
     ("nan-weight", _set(("methods", "cd", "loss_weight"), math.nan), "methods.cd.loss_weight",
@@ -151,7 +151,7 @@ def test_the_example_message_from_the_docs(tmp_path):
     cfg["methods"]["bd"]["loss_weight"] = -1.0
     bad = _write(tmp_path / "default.yaml", cfg)
     with pytest.raises(P.ParamsError, match=r"^.*default\.yaml: methods\.bd\.loss_weight: -1\.0 "
-                                            r"is less than the minimum of 0$"):
+                                            r"is less than or equal to the minimum of 0$"):
         P.load_params([bad])
 
 
@@ -219,7 +219,7 @@ def test_error_names_the_overlay_that_set_the_key(tmp_path):
     bad = _write(tmp_path / "bad.yaml", {"methods": {"bd": {"loss_weight": -1.0}}})
     with pytest.raises(P.ParamsError) as info:
         P.load_params([DEFAULT, bad, good])
-    assert str(info.value) == f"{bad}: methods.bd.loss_weight: -1.0 is less than the minimum of 0"
+    assert str(info.value) == f"{bad}: methods.bd.loss_weight: -1.0 is less than or equal to the minimum of 0"
 
 
 def test_error_names_the_base_when_the_overlay_did_not_touch_the_key(tmp_path):
@@ -233,29 +233,30 @@ def test_error_names_the_base_when_the_overlay_did_not_touch_the_key(tmp_path):
 
 
 def test_missing_key_is_blamed_on_the_file_that_defines_its_parent(tmp_path):
-    overlay = _write(tmp_path / "overlay.yaml", {"methods": {"kd": {"type": "ContextDistillLoss"}}})
+    overlay = _write(tmp_path / "overlay.yaml", {"methods": {"crd": {"type": "ContextDistillLoss"}}})
     with pytest.raises(P.ParamsError) as info:
         P.load_params([DEFAULT, overlay])
-    assert str(info.value) == f"{overlay}: methods.kd.loss_weight: missing (required)"
+    assert str(info.value) == f"{overlay}: methods.crd.loss_weight: missing (required)"
 
 
 def test_a_reference_broken_by_an_overlay_names_the_overlay(tmp_path):
-    overlay = _write(tmp_path / "overlay.yaml", {"runs": {"r18-cd": {"distill": ["kd"]}}})
+    overlay = _write(tmp_path / "overlay.yaml", {"runs": {"r18-cd": {"distill": ["crd"]}}})
     with pytest.raises(P.ParamsError) as info:
         P.load_params([DEFAULT, overlay])
-    assert str(info.value).startswith(f"{overlay}: runs.r18-cd.distill[0]: unknown method 'kd'")
+    assert str(info.value).startswith(f"{overlay}: runs.r18-cd.distill[0]: unknown method 'crd'")
 
 
 def test_micro_profile():
     cfg = P.load_params([DEFAULT, MICRO])
     assert cfg["seeds"] == [0]
     assert cfg["paths"] == {"data": "data/micro", "runs": "runs/micro", "results": "results/micro"}
-    assert (cfg["data"]["num_train"], cfg["data"]["num_val"]) == (16, 8)
+    assert (cfg["data"]["shapes"]["num_train"], cfg["data"]["shapes"]["num_val"]) == (16, 8)
     assert (cfg["data"]["height"], cfg["data"]["width"]) == (32, 32)
     for role in ("teacher", "student"):
         assert cfg["train"][role]["iters"] == cfg["train"][role]["val_interval"] == 4
-    assert list(cfg["tables"]) == ["table1"]
+    assert list(cfg["tables"]) == ["table1", "table3", "table4"]
     assert [r["run"] for r in cfg["tables"]["table1"]["rows"]] == ["r18", "r18-bcd"]
+    assert P.runs_used(cfg) == ["r18", "r18-bcd", "r18-ifvd-bcd", "dlv3p-r18-tat"]
 
 
 def test_validate_config_matches_load_params():
@@ -340,7 +341,9 @@ def test_bd_weight_change_affects_exactly_the_runs_using_bd(cfg):
     changed = copy.deepcopy(cfg)
     changed["methods"]["bd"]["loss_weight"] = 5.0
     affected = {r for r in cfg["runs"] if P.resolve_run(cfg, r) != P.resolve_run(changed, r)}
-    assert affected == {"r18-bd", "r18-bd-cd", "r18-bcd"}
+    assert affected == {r for r, spec in cfg["runs"].items() if "bd" in spec.get("distill", [])}
+    assert {"r18-bd", "r18-bd-cd", "r18-bcd", "r18-tat-bcd", "dlv3p-r18-bcd"} <= affected
+    assert not affected & {"r18", "r18-cd", "r18-kd", "dlv3p-r18-tat"}
     assert P.resolve_teacher(cfg, "pspnet-r101") == P.resolve_teacher(changed, "pspnet-r101")
 
 
@@ -412,7 +415,7 @@ def test_stages(cfg):
     kinds = [n.split("-")[0] if not n.startswith("evaluate-teacher") else "evaluate-teacher"
              for n in stages]
     assert {k: kinds.count(k) for k in set(kinds)} == {
-        "data": 1, "teacher": 1, "evaluate-teacher": 1, "train": 15, "evaluate": 15, "table": 1}
+        "data": 1, "teacher": 2, "evaluate-teacher": 2, "train": 93, "evaluate": 93, "table": 3}
     train = stages["train-r18-bcd-seed1"]
     assert train.cmd == ("python -m bcd train --params params/default.yaml "
                          "--run r18-bcd --seed 1")
@@ -433,8 +436,8 @@ def test_stages(cfg):
 def test_dvc_params_track_base_keys_and_whole_overlays():
     cfg = P.load_params([DEFAULT, MICRO])
     doc = P.dvc_yaml(cfg)["stages"]
-    assert doc["train-r18-bd-seed0"]["params"] == [
-        {str(DEFAULT): P.param_keys_for_run(cfg, "r18-bd")}, {str(MICRO): None}]
+    assert doc["train-r18-bcd-seed0"]["params"] == [
+        {str(DEFAULT): P.param_keys_for_run(cfg, "r18-bcd")}, {str(MICRO): None}]
     assert doc["table-table1"]["params"] == [{str(DEFAULT): ["tables.table1", "seeds"]},
                                              {str(MICRO): None}]
     assert f"- {MICRO}:\n" in P.dvc_yaml_text(cfg)

@@ -8,6 +8,7 @@ from .boundary import (
 )
 from .context import ContextDistillLoss, relation_kl, relation_logits
 from .pairs import PairLines, line_max, line_points, pair_lines, pair_offsets, partner_mask, shifted
+from . import baselines  # noqa: F401  (comparison losses of Tables III-IV, docs/baselines.md)
 
 __all__ = [
     "BoundaryDistillLoss",

@@ -6,7 +6,8 @@ registers bcd's modules so that any mmrazor/mmseg config can name them:
 - mmrazor ``MODELS``: ``BoundaryDistillLoss``, ``ContextDistillLoss`` (losses),
   ``HierarchicalFusion`` and ``SegDataSampleLabels`` (connectors);
 - mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
-  ``DistillScalarsHook``, ``TrainLogHook``;
+  ``DistillScalarsHook``, ``TrainLogHook``, ``RNGStateHook``; mmengine ``LOOPS``:
+  ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`);
 - mmseg ``DATASETS``: ``BCDShapesDataset``; mmseg ``METRICS``: ``PerClassIoUMetric``.
 
 In a user's own config: ``custom_imports = dict(imports=['bcd.mm'], allow_failed_imports=False)``.
@@ -22,5 +23,6 @@ import mmrazor.models  # noqa: E402,F401  (registers mmrazor's algorithms, disti
 
 from . import registry  # noqa: E402,F401  (registers modules)
 from . import hooks  # noqa: E402,F401
+from . import resume  # noqa: E402,F401  (RNGStateHook, ResumableIterBasedTrainLoop)
 from . import metrics  # noqa: E402,F401
 from . import datasets  # noqa: E402,F401

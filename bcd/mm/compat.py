@@ -18,6 +18,9 @@ idempotent and has a test (``tests/test_compat.py``) that fails without it.
 3. ``SyncBN`` (mmseg's configs' default) only runs on GPUs once a process group exists: a CPU run
    with several processes (gloo) fails with "SyncBatchNorm expected input tensor to be on GPU".
    CPU runs use ``BN`` (:func:`syncbn_to_bn`); a single process tolerates either.
+4. mmengine writes checkpoints in place: a run killed mid-write leaves a truncated file under the
+   final name. Local checkpoints are written to a temporary sibling and renamed into place
+   (:func:`save_checkpoint_atomic`), so a checkpoint file is complete or absent.
 """
 from __future__ import annotations
 
@@ -151,6 +154,50 @@ def syncbn_to_bn(cfg: Any) -> Any:
     return cfg
 
 
+# --------------------------------------------------------------------------------------------
+# Patch 4: atomic checkpoint writes
+# --------------------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it into place.
+
+    If ``write`` fails (or the process is killed), nothing appears under ``path`` and an older
+    file there stays as it was; the temporary file is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint_atomic(checkpoint, filename, file_client_args=None, backend_args=None):
+    """mmengine's ``save_checkpoint`` for local files, written atomically (patch 4)."""
+    if "://" in str(filename) or file_client_args is not None or backend_args is not None:
+        return _ORIGINAL_SAVE(checkpoint, filename, file_client_args, backend_args)
+    atomic_write(filename, lambda tmp: torch.save(checkpoint, tmp))
+    return None
+
+
+_ORIGINAL_SAVE = None
+
+
+def patch_checkpoint_saving() -> None:
+    """Make mmengine's Runner save local checkpoints atomically."""
+    global _ORIGINAL_SAVE
+    from mmengine.runner import checkpoint as mm_ckpt
+    from mmengine.runner import runner as mm_runner
+
+    if _ORIGINAL_SAVE is None:
+        _ORIGINAL_SAVE = mm_ckpt.save_checkpoint
+    mm_runner.save_checkpoint = save_checkpoint_atomic
+
+
 def apply() -> None:
     """Apply every patch once (idempotent)."""
     global _APPLIED
@@ -158,4 +205,5 @@ def apply() -> None:
         return
     patch_mmrazor_import()
     patch_checkpoint_loading()
+    patch_checkpoint_saving()
     _APPLIED = True

@@ -134,6 +134,14 @@ class TrainLogHook(Hook):
         if metrics:
             self.val.append({"iter": runner.iter, **{k: float(v) for k, v in metrics.items()}})
 
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint["bcd_train_log"] = {"train": list(self.train), "val": list(self.val)}
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """On resume, continue the log of the interrupted run (rows up to the checkpoint)."""
+        saved = checkpoint.get("bcd_train_log") or {}
+        self.train, self.val = list(saved.get("train", [])), list(saved.get("val", []))
+
     def after_run(self, runner) -> None:
         write_json_atomic(self.out_file, {"train": self.train, "val": self.val})
 

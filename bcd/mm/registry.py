@@ -8,10 +8,15 @@ from mmrazor.registry import MODELS
 from torch import nn
 
 from bcd.connectors import HierarchicalFusion as _HierarchicalFusion
-from bcd.losses import BoundaryDistillLoss, ContextDistillLoss
+from bcd.losses import BoundaryDistillLoss, ContextDistillLoss, baselines
 
 MODELS.register_module(module=BoundaryDistillLoss, force=True)
 MODELS.register_module(module=ContextDistillLoss, force=True)
+# the comparison methods of Tables III-IV (CWD is mmrazor's own ChannelWiseDivergence)
+for _loss in (baselines.PixelKDLoss, baselines.PairwiseSimilarityLoss, baselines.IFVDLoss,
+              baselines.CrossImageRelationLoss, baselines.BPKDLoss, baselines.TATLoss,
+              baselines.SSTKDLoss):
+    MODELS.register_module(module=_loss, force=True)
 
 
 @MODELS.register_module(name="HierarchicalFusion", force=True)

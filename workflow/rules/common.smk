@@ -77,7 +77,7 @@ def _canonical(value):
 
 
 def data_spec(wildcards):
-    return _canonical(CFG["data"])
+    return _canonical(P.data_spec(CFG))
 
 
 def teacher_spec(wildcards):

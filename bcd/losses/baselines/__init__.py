@@ -1,0 +1,29 @@
+"""Comparison distillation losses of the BCD paper's Tables III-IV, as plain PyTorch modules.
+
+One module per method; every class has a ``loss_weight`` attribute (read at each call) and a
+``forward`` that returns a scalar already multiplied by it. CWD is not here: use mmrazor's
+``ChannelWiseDivergence``. Equations and choices: ``docs/baselines.md``.
+"""
+from .bpkd import BPKDLoss, edge_body_masks
+from .cirkd import CrossImageRelationLoss
+from .ifvd import IFVDLoss, intra_class_similarity
+from .pixel_kd import PixelKDLoss
+from .skd import PairwiseSimilarityLoss, node_similarity
+from .sstkd import SSTKDLoss, intensity_histogram, laplacian_pyramid
+from .tat import TATLoss, target_aware_error
+
+__all__ = [
+    "BPKDLoss",
+    "CrossImageRelationLoss",
+    "IFVDLoss",
+    "PairwiseSimilarityLoss",
+    "PixelKDLoss",
+    "SSTKDLoss",
+    "TATLoss",
+    "edge_body_masks",
+    "intensity_histogram",
+    "intra_class_similarity",
+    "laplacian_pyramid",
+    "node_similarity",
+    "target_aware_error",
+]

@@ -1,0 +1,97 @@
+"""A training run killed part-way resumes from its last checkpoint and ends exactly where an
+uninterrupted run ends (same weights, same log), through mmengine's resume (bcd.mm.resume)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "BCD_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def _bcd(project, *args, check=True, wait=True):
+    cmd = [sys.executable, "-m", "bcd", *args, "--params", "params/default.yaml",
+           "--params", "params/micro.yaml", "--params", "params/resume.yaml"]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=project, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    shutil.copytree(ROOT / "params", root / "params")
+    overlay = {"paths": {"data": "data", "runs": "runs", "results": "results"},
+               "train": {"student": {"iters": 12, "val_interval": 12, "checkpoint_interval": 3}}}
+    (root / "params/resume.yaml").write_text(yaml.safe_dump(overlay))
+    _bcd(root, "data")
+    _bcd(root, "teacher", "--teacher", "pspnet-r101")
+    return root
+
+
+def _kill_after_checkpoint(project, run, seed, ckpt_name):
+    work = project / f"runs/{run}/seed{seed}/work"
+    proc = _bcd(project, "train", "--run", run, "--seed", str(seed), wait=False)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if (work / ckpt_name).is_file():
+            proc.kill()
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -9, f"the run was not killed part-way: {proc.stderr.read()[-2000:]}"
+    assert not (project / f"runs/{run}/seed{seed}/model.pth").exists()
+
+
+def test_killed_run_resumes_to_the_same_weights(project):
+    # a distillation run (mmrazor): the plain student path uses the same loop and hooks
+    run = "r18-bcd"
+    _bcd(project, "train", "--run", run, "--seed", "0")
+    out = project / f"runs/{run}/seed0"
+    reference = {k: v.clone() for k, v in
+                 torch.load(out / "model.pth", weights_only=True)["state_dict"].items()}
+    ref_log = json.loads((out / "train_log.json").read_text())
+    shutil.rmtree(out)
+
+    _kill_after_checkpoint(project, run, 0, "iter_6.pth")
+    proc = _bcd(project, "train", "--run", run, "--seed", "0")
+    assert "resuming" in proc.stderr
+    ckpt = torch.load(out / "model.pth", weights_only=True)
+    assert ckpt["meta"]["resumed"] is True
+    resumed = ckpt["state_dict"]
+    assert resumed.keys() == reference.keys()
+    different = [k for k in reference if not torch.equal(reference[k], resumed[k])]
+    assert not different, f"resumed weights differ from the uninterrupted run: {different[:5]}"
+    log = json.loads((out / "train_log.json").read_text())
+    assert [r["iter"] for r in log["train"]] == [r["iter"] for r in ref_log["train"]]
+    assert log["train"][-1]["loss"] == pytest.approx(ref_log["train"][-1]["loss"], rel=0, abs=0)
+
+
+def test_changed_settings_do_not_resume_stale_checkpoints(project):
+    run, out = "r18", project / "runs/r18/seed1"
+    _kill_after_checkpoint(project, run, 1, "iter_3.pth")
+    overlay = project / "params/resume.yaml"
+    cfg = yaml.safe_load(overlay.read_text())
+    cfg["train"]["student"]["lr"] = 0.02
+    overlay.write_text(yaml.safe_dump(cfg))
+    try:
+        proc = _bcd(project, "train", "--run", run, "--seed", "1")
+    finally:
+        cfg["train"]["student"].pop("lr")
+        overlay.write_text(yaml.safe_dump(cfg))
+    assert "resuming" not in proc.stderr and "other settings" in proc.stderr
+    assert (out / "work.stale" / "iter_3.pth").is_file(), "the old checkpoints were not kept aside"
+    assert torch.load(out / "model.pth", weights_only=True)["meta"]["resumed"] is False

@@ -1,4 +1,4 @@
-# bcd workflow: data -> teacher -> student runs x seeds -> evaluation -> tables.
+# bcd workflow: data -> teacher -> student runs x seeds -> evaluation -> tables -> figures.
 # The run matrix is params/default.yaml; overlay a profile with --configfile:
 #   snakemake --cores 2 [--configfile params/micro.yaml]
 # Every rule runs one `python -m bcd` command; dvc.yaml runs the same commands (bcd.params.stages).
@@ -21,6 +21,7 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
@@ -29,7 +30,9 @@ rule all:
         all_targets(),
 
 
-# Table I alone (the BCD ablation): `snakemake --cores 2 ablation` (what `make reproduce` runs).
+# Table I alone (the BCD ablation): `snakemake --cores 2 ablation` (what `make reproduce` runs),
+# with the figures when they draw Table I (params `figures.table`).
 rule ablation:
     input:
         [str(p) for k, p in P.table_paths(CFG, "table1").items() if k in ("csv", "tex")],
+        ablation_figures(),

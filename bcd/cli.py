@@ -6,6 +6,7 @@
     python -m bcd evaluate  --params params/default.yaml --run r18-bcd --seed 0
     python -m bcd evaluate  --params params/default.yaml --teacher pspnet-r101
     python -m bcd table     --params params/default.yaml --table table1
+    python -m bcd figures   --params params/default.yaml
     python -m bcd check-params --params params/default.yaml
     python -m bcd dvc-yaml  --params params/default.yaml --out dvc.yaml
 
@@ -60,6 +61,12 @@ def _table(args) -> None:
     tables.main_table(args)
 
 
+def _figures(args) -> None:
+    from bcd import figures
+
+    figures.main_figures(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bcd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--params", action="append", required=True, metavar="FILE",
                        help="params file(s), merged in order")
+        p.add_argument("--trust-checkpoints", action="store_true",
+                       help="load checkpoints that need full unpickling (arbitrary code!): only "
+                            "for files you trust; default: weights only")
         p.set_defaults(func=func)
         return p
 
@@ -83,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher")
     cmd("table", _table, "build a results table (CSV + LaTeX)").add_argument("--table",
                                                                                required=True)
+    cmd("figures", _figures, "draw the figures (qualitative grid, boundary maps, training curves, "
+                             "ablation chart) and export the training curves for dvc plots")
     cmd("check-params", lambda a: P.main_check(a), "validate params and print a summary")
     cmd("dvc-yaml", lambda a: P.main_dvc_yaml(a), "write dvc.yaml from the params").add_argument(
         "--out", default="dvc.yaml")
@@ -91,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "trust_checkpoints", False):
+        import os
+
+        os.environ["BCD_TRUST_CHECKPOINTS"] = "1"  # read by bcd.train and bcd.mm.compat
     try:
         args.func(args)
     except P.ParamsError as err:

@@ -12,7 +12,7 @@ Validation rejects a bad file before any work starts, with the file and the key 
 Stage names (the same in ``dvc.yaml`` and in Snakemake's benchmark files)::
 
     data, teacher-<teacher>, evaluate-teacher-<teacher>, train-<run>-seed<S>,
-    evaluate-<run>-seed<S>, table-<table>
+    evaluate-<run>-seed<S>, table-<table>, figures
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ TRAIN_CODE = ("bcd/losses", "bcd/connectors.py", "bcd/schedule.py", "bcd/mm", "b
               "bcd/provenance.py")
 EVALUATE_CODE = ("bcd/evaluate.py", "bcd/mm", "bcd/metrics", "bcd/provenance.py")
 TABLE_CODE = ("bcd/tables.py", REFERENCE_CSV)
+FIGURES_CODE = ("bcd/figures.py",)
 
 
 class ParamsError(ValueError):
@@ -341,7 +342,46 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
 
         for sub, message in _tables.paper_reference_errors(table):
             out.append((where + tuple(sub), message))
+    if "figures" in cfg:
+        out += _figures_errors(cfg)
     return out
+
+
+def _figures_errors(cfg) -> list[tuple[tuple, str]]:
+    """Explicit values of the figures section: a table; two of its rows' runs, the distilled one
+    with a boundary term (the boundary figure draws its heads) from the table's teacher (the
+    grid's teacher column); one of the seeds. Unset ones are derived (:func:`figures_spec`)."""
+    fig, out = cfg["figures"], []
+    table = cfg["tables"].get(fig["table"])
+    if table is None:
+        return [(("figures", "table"), f"unknown table {fig['table']!r} (tables: "
+                                       f"{_known(cfg['tables'])})")]
+    rows = [row["run"] for row in table["rows"]]
+    for key in ("student", "distilled"):
+        if key in fig and fig[key] not in rows:
+            out.append((("figures", key), f"run {fig[key]!r} is not a row of table "
+                                          f"{fig['table']!r} (rows: {', '.join(rows)})"))
+    if "seed" in fig and fig["seed"] not in cfg["seeds"]:
+        out.append((("figures", "seed"), f"seed {fig['seed']} is not one of seeds "
+                                         f"{cfg['seeds']}"))
+    run = fig.get("distilled")
+    if run in rows and not _draws_boundary(cfg, run, table["teacher"]):
+        spec = cfg["runs"].get(run, {})
+        has_bd = any(cfg["methods"].get(m, {}).get("type") == "BoundaryDistillLoss"
+                     for m in spec.get("distill", []))
+        out.append((("figures", "distilled"),
+                    f"run {run!r} has no BoundaryDistillLoss term (the boundary figure draws "
+                    "its boundary heads)" if not has_bd else
+                    f"run {run!r} is distilled from {spec.get('teacher')!r}, not from table "
+                    f"{fig['table']!r}'s teacher {table['teacher']!r}"))
+    return out
+
+
+def _draws_boundary(cfg, run: str, teacher: str) -> bool:
+    spec = cfg["runs"].get(run, {})
+    return spec.get("teacher") == teacher and any(
+        cfg["methods"].get(m, {}).get("type") == "BoundaryDistillLoss"
+        for m in spec.get("distill", []))
 
 
 def _checked(cfg: dict, layers) -> dict:
@@ -376,12 +416,85 @@ def teacher_paths(cfg, name: str) -> dict:
 
 
 def run_paths(cfg, run: str, seed) -> dict:
-    return _stage_files(Path(cfg["paths"]["runs"]) / str(run) / f"seed{seed}")
+    """A student run's files; ``distill_heads`` is the distiller's state (connectors and loss
+    heads, e.g. BD's boundary convs), which ``model.pth`` (the student alone) lacks; a run
+    without distillation writes an empty one."""
+    folder = Path(cfg["paths"]["runs"]) / str(run) / f"seed{seed}"
+    return {**_stage_files(folder), "distill_heads": folder / "distill_heads.pth"}
 
 
 def table_paths(cfg, name: str) -> dict:
     folder = Path(cfg["paths"]["results"]) / "tables"
     return dict(csv=folder / f"{name}.csv", tex=folder / f"{name}.tex")
+
+
+FIGURE_NAMES = ("qualitative", "boundary", "training_curves", "ablation")
+#: Defaults of the optional display keys of the ``figures`` section.
+FIGURES_DEFAULTS = {"num_images": 4, "select": "most_different", "boundary_images": 2}
+
+
+def figures_spec(cfg) -> dict | None:
+    """The ``figures`` section, resolved; None when there is none, or when a run it leaves unset
+    cannot be derived (then there is no figures stage, as a run no table lists is not built).
+
+    Unset keys: ``seed`` = the first of ``seeds``; ``student`` = the table's first row without
+    distillation; ``distilled`` = its last row with a BoundaryDistillLoss term from the table's
+    teacher; the display keys from :data:`FIGURES_DEFAULTS`.
+    """
+    fig = cfg.get("figures")
+    if fig is None:
+        return None
+    table = cfg["tables"][fig["table"]]
+    rows = [row["run"] for row in table["rows"]]
+    plain = [r for r in rows if not cfg["runs"][r].get("distill")]
+    boundary = [r for r in rows if _draws_boundary(cfg, r, table["teacher"])]
+    spec = {**FIGURES_DEFAULTS, "seed": cfg["seeds"][0],
+            "student": plain[0] if plain else None,
+            "distilled": boundary[-1] if boundary else None, **fig}
+    return spec if spec["student"] and spec["distilled"] else None
+FIGURE_FORMATS = ("png", "pdf")
+
+
+def figure_paths(cfg) -> dict:
+    """``{name: {format: path}}`` of the figures (``{paths.results}/figures/``)."""
+    folder = Path(cfg["paths"]["results"]) / "figures"
+    return {name: {fmt: folder / f"{name}.{fmt}" for fmt in FIGURE_FORMATS}
+            for name in FIGURE_NAMES}
+
+
+def curve_paths(cfg, run: str, seed) -> dict:
+    """Flat per-iteration exports of a run's train_log.json (``dvc plots``): ``train`` (one row
+    per logged iteration) and ``val`` (one row per validation)."""
+    folder = Path(cfg["paths"]["results"]) / "plots"
+    return {"train": folder / f"{run}-seed{seed}.csv", "val": folder / f"{run}-seed{seed}-val.csv"}
+
+
+def figures_runs(cfg) -> list[str]:
+    """Runs whose training curves the figures stage draws and exports: the figures table's rows."""
+    return [row["run"] for row in cfg["tables"][figures_spec(cfg)["table"]]["rows"]]
+
+
+def figures_inputs(cfg) -> dict:
+    """Every file the figures stage reads, by role (paths as strings)."""
+    fig = figures_spec(cfg)
+    seed, teacher = fig["seed"], cfg["tables"][fig["table"]]["teacher"]
+    t, s, d = (teacher_paths(cfg, teacher), run_paths(cfg, fig["student"], seed),
+               run_paths(cfg, fig["distilled"], seed))
+    return {
+        "data": str(data_dir(cfg)),
+        "weights": [str(t["model"]), str(s["model"]), str(d["model"]), str(d["distill_heads"])],
+        "metrics": [str(t["metrics"]), str(s["metrics"]), str(d["metrics"])],
+        "train_logs": [str(run_paths(cfg, r, seed)["train_log"]) for r in figures_runs(cfg)],
+        "table": str(table_paths(cfg, fig["table"])["csv"]),
+    }
+
+
+def figures_outputs(cfg) -> list[str]:
+    """The figures (every format) and the curve exports, as strings."""
+    out = [str(p) for formats in figure_paths(cfg).values() for p in formats.values()]
+    for run in figures_runs(cfg):
+        out += [str(p) for p in curve_paths(cfg, run, figures_spec(cfg)["seed"]).values()]
+    return out
 
 
 def benchmark_path(cfg, stage: str) -> Path:
@@ -475,6 +588,19 @@ def resolve_table(cfg, name: str) -> dict:
     return {"table": copy.deepcopy(lookup(cfg, "tables", name)), "seeds": list(cfg["seeds"])}
 
 
+def bpkd_methods(cfg) -> list[str]:
+    """Methods of type BPKDLoss (the boundary figure draws BPKD's edge mask with the first)."""
+    return [m for m, spec in cfg["methods"].items() if spec["type"] == "BPKDLoss"]
+
+
+def resolve_figures(cfg) -> dict:
+    """What the figures depend on besides their input files: the resolved figures section, the
+    data settings (split, palette) and BPKD's edge settings."""
+    bpkd = bpkd_methods(cfg)
+    return {"figures": figures_spec(cfg), "data": data_spec(cfg),
+            "bpkd": copy.deepcopy(cfg["methods"][bpkd[0]]) if bpkd else None}
+
+
 def _unique(keys: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(keys))
 
@@ -506,6 +632,10 @@ def param_keys_for_table(cfg, name: str) -> list[str]:
     return [f"tables.{name}", "seeds"]
 
 
+def param_keys_for_figures(cfg) -> list[str]:
+    return _unique(["figures", *data_keys(cfg), *[f"methods.{m}" for m in bpkd_methods(cfg)[:1]]])
+
+
 # ----------------------------------------------------------------------------------------------
 # Stages: the DAG shared by the Snakefile and dvc.yaml
 # ----------------------------------------------------------------------------------------------
@@ -522,9 +652,9 @@ class Stage:
 
 def stage_name(kind: str, name: str | None = None, seed=None) -> str:
     """``data``, ``teacher-T``, ``evaluate-teacher-T``, ``train-R-seedS``, ``evaluate-R-seedS``,
-    ``table-N``."""
-    if kind == "data":
-        return "data"
+    ``table-N``, ``figures``."""
+    if kind in ("data", "figures"):
+        return kind
     if kind in ("teacher", "evaluate-teacher", "table"):
         return f"{kind}-{name}"
     if kind in ("train", "evaluate"):
@@ -553,7 +683,8 @@ def teachers_used(cfg) -> list[str]:
 
 
 def stages(cfg) -> list[Stage]:
-    """Every stage: data, the teachers used, every run a table needs x seed, every table."""
+    """Every stage: data, the teachers used, every run a table needs x seed, every table, and
+    the figures (when the params have a ``figures`` section, see :func:`figures_spec`)."""
     data = str(data_dir(cfg))
     out = [Stage("data", command(cfg, "data"), DATA_CODE, (data,),
                  params=tuple(k for k in data_keys(cfg) if k not in ("data.height", "data.width")
@@ -576,7 +707,7 @@ def stages(cfg) -> list[Stage]:
             args = ("--run", run, "--seed", str(seed))
             out.append(Stage(stage_name("train", run, seed), command(cfg, "train", *args),
                              (data, *teacher_model, *TRAIN_CODE),
-                             (str(p["model"]), str(p["train_log"])),
+                             (str(p["model"]), str(p["train_log"]), str(p["distill_heads"])),
                              params=tuple(param_keys_for_run(cfg, run))))
             out.append(Stage(stage_name("evaluate", run, seed), command(cfg, "evaluate", *args),
                              (data, str(p["model"]), *EVALUATE_CODE), (), (str(p["metrics"]),),
@@ -587,6 +718,12 @@ def stages(cfg) -> list[Stage]:
                          (*TABLE_CODE, *map(str, table_metrics(cfg, name))),
                          (str(p["csv"]), str(p["tex"])),
                          params=tuple(param_keys_for_table(cfg, name)), cache=False))
+    if figures_spec(cfg) is not None:
+        ins = figures_inputs(cfg)
+        deps = (ins["data"], *ins["weights"], *ins["metrics"], *ins["train_logs"], ins["table"])
+        out.append(Stage(stage_name("figures"), command(cfg, "figures"),
+                         (*_unique(deps), *FIGURES_CODE), tuple(figures_outputs(cfg)),
+                         params=tuple(param_keys_for_figures(cfg)), cache=False))
     names = [s.name for s in out]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
@@ -647,7 +784,12 @@ def dvc_yaml(cfg) -> dict:
         if st.metrics:
             entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
         out[st.name] = entry
-    return {"stages": out}
+    doc: dict[str, Any] = {"stages": out}
+    if figures_spec(cfg) is not None:
+        from bcd import figures  # late: bcd.figures imports this module
+
+        doc["plots"] = figures.dvc_plots(cfg)
+    return doc
 
 
 class _DvcDumper(yaml.SafeDumper):
@@ -694,6 +836,13 @@ def main_check(args) -> None:
         print(f"  run {run}: {spec['student']}{kd}")
     for name, table in cfg["tables"].items():
         print(f"  table {name}: {len(table['rows'])} rows -> {table_paths(cfg, name)['csv']}")
+    fig = figures_spec(cfg)
+    if fig is not None:
+        print(f"  figures: {fig['student']} vs {fig['distilled']} (seed {fig['seed']}), "
+              f"table {fig['table']} -> {Path(cfg['paths']['results']) / 'figures'}")
+    elif "figures" in cfg:
+        print(f"  figures: none (table {cfg['figures']['table']} has no row without "
+              "distillation or none with BD from its teacher; set figures.student/distilled)")
     kinds: dict[str, int] = {}
     for s in st:
         kind = s.name.split("-")[0] if not s.name.startswith("evaluate-teacher") else "evaluate"

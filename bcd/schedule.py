@@ -113,10 +113,39 @@ class AdaptiveTemperature(nn.Module):
         if mask is not None:
             values = values[mask]
         if values.numel():
-            extremes = torch.stack([values.max(), -values.min()])
+            return self.range_from_extremes(values.min(), values.max())
+        return self.range_from_extremes(None, None)
+
+    @torch.no_grad()
+    def range_from_extremes(self, minimum: Tensor | float | None,
+                            maximum: Tensor | float | None) -> float:
+        """The range statistic from precomputed extremes of this minibatch (this rank's part).
+
+        For callers that compute the statistic's values piecewise and never hold them all (e.g.
+        the blockwise context loss): ``minimum`` and ``maximum`` are the extremes, over this
+        rank's minibatch, of the values :meth:`range_statistic` would take the range of at the
+        current ``tau`` (softened probabilities for ``'prob_range'``, ``teacher_logits / tau``
+        for ``'logit_range'``). Under ``torch.distributed`` they are all-reduced here, so every
+        rank gets the range over the global minibatch.
+
+        Args:
+            minimum: smallest value, a number or a 0-dim tensor; ``None`` if this rank has no
+                valid entry.
+            maximum: largest value, likewise.
+
+        Returns:
+            ``maximum - minimum`` over all ranks, ``nan`` when no rank has a valid entry.
+        """
+        if minimum is None or maximum is None:
+            extremes = torch.full((2,), float("-inf"), dtype=torch.float64)
         else:
-            extremes = torch.full((2,), float("-inf"), dtype=values.dtype, device=values.device)
+            lo, hi = (torch.as_tensor(v).detach() for v in (minimum, maximum))
+            device = hi.device
+            extremes = torch.stack([hi.to(device, torch.float64).reshape(()),
+                                    -lo.to(device, torch.float64).reshape(())])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl" and extremes.device.type != "cuda":
+                extremes = extremes.cuda()
             dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
         if not torch.isfinite(extremes).all():
             return float("nan")
@@ -138,7 +167,24 @@ class AdaptiveTemperature(nn.Module):
         """
         if not self.training or self.factor == 1.0:
             return self.tau
-        statistic = self.range_statistic(teacher_logits, dim, mask)
+        return self._raise_if(self.range_statistic(teacher_logits, dim, mask))
+
+    @torch.no_grad()
+    def update_from_extremes(self, minimum: Tensor | float | None,
+                             maximum: Tensor | float | None) -> float:
+        """:meth:`update` from precomputed extremes (see :meth:`range_from_extremes`).
+
+        Same rule and same no-ops (eval mode, ``factor == 1``) as :meth:`update`; the extremes
+        must have been computed at the current ``tau``.
+
+        Returns:
+            The temperature after the update.
+        """
+        if not self.training or self.factor == 1.0:
+            return self.tau
+        return self._raise_if(self.range_from_extremes(minimum, maximum))
+
+    def _raise_if(self, statistic: float) -> float:
         if statistic > self.threshold:  # False for nan
             new_tau = self.tau_value * self.factor
             if self.max_tau is not None:

@@ -65,8 +65,17 @@ def save_weights(module: torch.nn.Module, path: str | os.PathLike, meta: Mapping
     os.replace(tmp, path)
 
 
+TRUST_ENV = "BCD_TRUST_CHECKPOINTS"  # =1: the user vouches for every checkpoint (full unpickling)
+
+
 def _load_weights_file(path: str | os.PathLike) -> dict:
-    """``torch.load`` with ``weights_only=True``: checkpoints handed to bcd are untrusted input."""
+    """``torch.load`` with ``weights_only=True``: checkpoints handed to bcd are untrusted input.
+
+    Only with ``BCD_TRUST_CHECKPOINTS=1`` (``--trust-checkpoints``) is a file that needs full
+    unpickling loaded.
+    """
+    if os.environ.get(TRUST_ENV) == "1":
+        return torch.load(path, map_location="cpu", weights_only=False)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -76,8 +85,9 @@ def _load_weights_file(path: str | os.PathLike) -> dict:
         if "weights_only" in str(err) or "Weights only load failed" in str(err):
             raise ValueError(
                 f"{path}: not plain weights; loading it fully would unpickle arbitrary Python "
-                "objects, which can execute code. Convert it to a state dict you trust "
-                f"(torch.save(model.state_dict(), ...)). (torch said: {first})") from err
+                "objects, which can execute code. Convert it to a plain state dict "
+                "(torch.save(model.state_dict(), ...)), or, only for a file you trust, rerun with "
+                f"--trust-checkpoints ({TRUST_ENV}=1). (torch said: {first})") from err
         raise ValueError(f"{path}: not a readable weights file ({first})") from err
 
 
@@ -135,20 +145,32 @@ def _fingerprint(made_from: Mapping[str, Any]) -> dict:
             "teacher_sha256": made_from["teacher_sha256"]}
 
 
+def _checkpoints(work: Path) -> list[Path]:
+    """mmengine's ``iter_<N>.pth`` checkpoints in ``work``, oldest first."""
+    found = [p for p in work.glob("iter_*.pth") if p.stem[5:].isdigit()] if work.is_dir() else []
+    return sorted(found, key=lambda p: int(p.stem[5:]))
+
+
 def prepare_work_dir(work: Path, fingerprint: Mapping[str, Any]) -> bool:
     """Make ``work`` ready for a run; True when it holds a checkpoint of the same run to resume.
 
-    A work dir written by a run with other settings (params, code, teacher) is moved aside to
+    A work dir written by a run with other settings (params, teacher, seed) is moved aside to
     ``work.stale`` (replacing an older one) rather than resumed; nothing else is deleted.
     """
     stamp = work / "run_fingerprint.json"
     fingerprint = json.loads(json.dumps(fingerprint, default=str))
-    if (work / "last_checkpoint").is_file():
+    pointer = work / "last_checkpoint"
+    saved = _checkpoints(work)
+    if saved and not pointer.is_file():
+        # killed between writing a checkpoint (atomically, so it is complete) and mmengine's
+        # pointer to it: point at the newest one
+        pointer.write_text(str(saved[-1].resolve()))
+    if pointer.is_file():
         try:
             same = json.loads(stamp.read_text()) == fingerprint
         except (OSError, ValueError):
             same = False
-        target = Path((work / "last_checkpoint").read_text().strip())
+        target = Path(pointer.read_text().strip())
         if same and target.is_file():
             log.warning("resuming from %s", target)
             return True
@@ -215,12 +237,17 @@ def train_student(cfg, run: str, seed: int) -> Path:
     runner = _run(config)
     model = runner.model
     student = model.student if hasattr(model, "student") else model
-    save_weights(student, paths["model"],
-                 dict(kind="student", run=run, seed=seed, model=spec["student"]["model"],
-                      methods=sorted(spec["methods"]), iters=spec["train"]["iters"],
-                      teacher=spec["teacher"]["name"] if spec["methods"] else None,
-                      seconds=round(time.time() - t0, 1), resumed=resume,
-                      provenance=made_from))
+    meta = dict(kind="student", run=run, seed=seed, model=spec["student"]["model"],
+                methods=sorted(spec["methods"]), iters=spec["train"]["iters"],
+                teacher=spec["teacher"]["name"] if spec["methods"] else None,
+                seconds=round(time.time() - t0, 1), resumed=resume, provenance=made_from)
+    # The distiller's own weights (connectors, loss heads such as BD's boundary convs, the
+    # temperatures): not part of the student, needed by the boundary figure (bcd.figures).
+    # A run without distillation writes an empty state dict, so every run has the same outputs.
+    distiller = getattr(model, "distiller", None) if spec["methods"] else None
+    save_weights(distiller if distiller is not None else torch.nn.Module(),
+                 paths["distill_heads"], dict(meta, kind="distill_heads"))
+    save_weights(student, paths["model"], meta)
     return Path(paths["model"])
 
 

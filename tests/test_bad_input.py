@@ -248,4 +248,15 @@ def test_unreadable_or_unsafe_weights_are_refused(tmp_path, kind):
     with pytest.raises(ValueError, match=words) as info:
         load_weights(ckpt)
     assert str(ckpt) in str(info.value)
+    if kind == "pickled-object":
+        assert "--trust-checkpoints" in str(info.value)
+
+
+def test_trusting_checkpoints_is_an_explicit_option(tmp_path, monkeypatch):
+    from bcd.train import load_weights
+
+    ckpt = tmp_path / "teacher.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "extra": _Payload()}, ckpt)
+    monkeypatch.setenv("BCD_TRUST_CHECKPOINTS", "1")
+    assert torch.equal(load_weights(ckpt)["w"], torch.ones(2))
 

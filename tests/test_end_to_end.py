@@ -75,6 +75,31 @@ def test_micro_workflow_produces_table_from_metrics(project):
     assert last["r_t"] == pytest.approx(1 - (last["iter"] - 1) / last["iter"])
 
 
+def test_micro_workflow_draws_the_figures(project):
+    import torch
+    from PIL import Image
+
+    figures = project / "results/micro/figures"
+    for name in ("qualitative", "boundary", "training_curves", "ablation"):
+        with Image.open(figures / f"{name}.png") as img:
+            img.verify()
+        assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not [p.name for p in figures.iterdir() if ".tmp" in p.name]
+    # the training curves exported for `dvc plots show`, row for row from the training log
+    log = json.loads((project / "runs/micro/r18-bcd/seed0/train_log.json").read_text())
+    curves = pd.read_csv(project / "results/micro/plots/r18-bcd-seed0.csv")
+    assert list(curves["iter"]) == [row["iter"] for row in log["train"]]
+    assert {"decode_loss_ce", "distill_loss_bd", "distill_loss_cd", "r_t", "loss_cd_tau"} <= set(
+        curves)
+    val = pd.read_csv(project / "results/micro/plots/r18-bcd-seed0-val.csv")
+    assert list(val["mIoU"]) == pytest.approx([row["mIoU"] for row in log["val"]])
+    # the distiller's heads next to the student weights (empty for a run without distillation)
+    heads = torch.load(project / "runs/micro/r18-bcd/seed0/distill_heads.pth", weights_only=True)
+    assert "distill_losses.loss_bd.teacher_conv.weight" in heads["state_dict"]
+    plain = torch.load(project / "runs/micro/r18/seed0/distill_heads.pth", weights_only=True)
+    assert plain["state_dict"] == {}
+
+
 def test_second_snakemake_call_does_no_work(project):
     out = _run(SNAKEMAKE + ["-n", "--cores", "2", "--configfile", "params/micro.yaml"], cwd=project)
     assert "Nothing to be done" in out.stdout + out.stderr
@@ -82,18 +107,28 @@ def test_second_snakemake_call_does_no_work(project):
 
 def test_diverging_run_stops_at_first_nonfinite_loss(project):
     overlay = project / "params/diverge.yaml"
-    overlay.write_text(yaml.safe_dump({"methods": {"cd": {"loss_weight": 1e38}}}))
+    # a checkpoint every iteration, so the last good one exists when the loss blows up
+    overlay.write_text(yaml.safe_dump({"methods": {"cd": {"loss_weight": 1e38}},
+                                       "train": {"student": {"checkpoint_interval": 1}}}))
     model = project / "runs/micro/r18-bcd/seed0/model.pth"
     before = model.read_bytes()
     proc = _run([sys.executable, "-m", "bcd", "train", *MICRO, "--params", str(overlay),
                  "--run", "r18-bcd", "--seed", "0"], cwd=project, check=False)
     assert proc.returncode != 0
     err = proc.stderr
-    found = re.search(r"non-finite loss at iteration (\d+):([^\n]*)", err)
+    found = re.search(r"non-finite (?:loss at|weights after) iteration (\d+)([^\n]*)", err)
     assert found, err[-2000:]
     # The first iteration's loss may still be finite (a huge weight times a small loss); the run
     # must stop at the first iteration where it is not, and name the loss terms that blew up.
     assert int(found.group(1)) <= 3 and "distill.loss_cd=" in found.group(2), err[-2000:]
+    # every checkpoint left behind holds finite weights, and none is from the bad iteration on
+    import torch
+
+    bad_iter = int(found.group(1))
+    for ckpt in (project / "runs/micro/r18-bcd/seed0/work").glob("iter_*.pth"):
+        assert int(ckpt.stem.split("_")[1]) < bad_iter, ckpt
+        state = torch.load(ckpt, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert model.read_bytes() == before, "a diverging run must not overwrite finished outputs"
 
 

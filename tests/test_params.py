@@ -405,7 +405,8 @@ def test_paths(cfg):
     assert r == {"dir": Path("runs/embedded/r18-bcd/seed2"),
                  "model": Path("runs/embedded/r18-bcd/seed2/model.pth"),
                  "train_log": Path("runs/embedded/r18-bcd/seed2/train_log.json"),
-                 "metrics": Path("runs/embedded/r18-bcd/seed2/metrics.json")}
+                 "metrics": Path("runs/embedded/r18-bcd/seed2/metrics.json"),
+                 "distill_heads": Path("runs/embedded/r18-bcd/seed2/distill_heads.pth")}
     assert P.table_paths(cfg, "table1") == {"csv": Path("results/tables/table1.csv"),
                                             "tex": Path("results/tables/table1.tex")}
 
@@ -415,14 +416,16 @@ def test_stages(cfg):
     kinds = [n.split("-")[0] if not n.startswith("evaluate-teacher") else "evaluate-teacher"
              for n in stages]
     assert {k: kinds.count(k) for k in set(kinds)} == {
-        "data": 1, "teacher": 2, "evaluate-teacher": 2, "train": 93, "evaluate": 93, "table": 3}
+        "data": 1, "teacher": 2, "evaluate-teacher": 2, "train": 93, "evaluate": 93, "table": 3,
+        "figures": 1}
     train = stages["train-r18-bcd-seed1"]
     assert train.cmd == ("python -m bcd train --params params/default.yaml "
                          "--run r18-bcd --seed 1")
     assert train.deps[:2] == ("data/embedded", "runs/embedded/teachers/pspnet-r101/model.pth")
     assert "bcd/losses" in train.deps and "bcd/connectors.py" in train.deps
     assert train.outs == ("runs/embedded/r18-bcd/seed1/model.pth",
-                          "runs/embedded/r18-bcd/seed1/train_log.json")
+                          "runs/embedded/r18-bcd/seed1/train_log.json",
+                          "runs/embedded/r18-bcd/seed1/distill_heads.pth")
     assert set(train.params) == set(P.param_keys_for_run(cfg, "r18-bcd"))
     assert "runs/embedded/teachers/pspnet-r101/model.pth" not in stages["train-r18-seed0"].deps
     ev = stages["evaluate-r18-seed0"]

@@ -115,7 +115,8 @@ def test_default_plan_matches_dvc_yaml(at_root):
     plan = snakemake_plan()
     rules = [job["rule"] for job in plan.values()]
     assert {r: rules.count(r) for r in set(rules)} == {
-        "data": 1, "teacher": 2, "evaluate_teacher": 2, "train": 93, "evaluate": 93, "table": 3}
+        "data": 1, "teacher": 2, "evaluate_teacher": 2, "train": 93, "evaluate": 93, "table": 3,
+        "figures": 1}
     assert_same_stages(plan, yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
 
 
@@ -124,7 +125,8 @@ def test_micro_plan_matches_its_dvc_yaml(at_root, tmp_path):
     _run([sys.executable, "-m", "bcd", "dvc-yaml", "--params", "params/default.yaml",
           "--params", "params/micro.yaml", "--out", str(out)])
     stages = yaml.safe_load(out.read_text())["stages"]
-    assert len(stages) == 1 + 2 * 2 + 4 * 2 + 3  # data, 2 teachers, 4 runs (train+evaluate), 3 tables
+    # data, 2 teachers, 4 runs (train+evaluate), 3 tables, the figures
+    assert len(stages) == 1 + 2 * 2 + 4 * 2 + 3 + 1
     assert all("--params params/default.yaml --params params/micro.yaml" in s["cmd"]
                for s in stages.values())
     assert_same_stages(snakemake_plan("--configfile", "params/micro.yaml"), stages)
@@ -163,7 +165,7 @@ def test_snakemake_refuses_config_overrides():
 FAKE_MAIN = '''"""Stand-in stage commands: write each stage's outputs from the resolved params, no training."""
 import argparse, hashlib, json
 from pathlib import Path
-from bcd import params as P, tables
+from bcd import figures, params as P, tables
 
 ap = argparse.ArgumentParser()
 ap.add_argument("command")
@@ -189,7 +191,10 @@ elif a.command == "teacher":
 elif a.command == "train":
     p = P.run_paths(cfg, a.run, seed)
     write(p["model"], [P.resolve_run(cfg, a.run), seed])
-    write(p["train_log"], [])
+    write(p["distill_heads"], sorted(cfg["runs"][a.run].get("distill", [])))
+    cols = figures.curve_columns(cfg, a.run)
+    write(p["train_log"], {part: [{c: i + 1.0 for c in cols[part]} for i in range(2)]
+                           for part in ("train", "val")})
 elif a.command == "evaluate":
     kind, name = ("teacher", a.teacher) if a.teacher else ("student", a.run)
     p = P.teacher_paths(cfg, a.teacher) if a.teacher else P.run_paths(cfg, a.run, seed)
@@ -198,6 +203,11 @@ elif a.command == "evaluate":
                          "params": 1000, "flops": 1e6, "input_shape": [3, 32, 32]})
 elif a.command == "table":
     tables.write_table(cfg, a.table)
+elif a.command == "figures":
+    figures.export_curves(cfg)
+    for formats in P.figure_paths(cfg).values():
+        for path in formats.values():
+            write(path, "a figure")
 '''
 USES_BD = {"r18-bcd", "r18-ifvd-bcd"}  # the micro profile's runs with the BD term
 
@@ -235,7 +245,7 @@ def test_snakemake_reruns_only_the_runs_that_use_a_changed_method(sandbox):
     plan = parse_plan(dry.stdout + dry.stderr)
     assert {n for n, j in plan.items() if j["rule"] == "train"} == {
         f"train-{r}-seed0" for r in USES_BD}
-    assert {j["rule"] for j in plan.values()} == {"train", "evaluate", "table"}
+    assert {j["rule"] for j in plan.values()} == {"train", "evaluate", "table", "figures"}
 
 
 def test_dvc_reruns_only_the_runs_that_use_a_changed_method(sandbox, monkeypatch):
@@ -246,12 +256,23 @@ def test_dvc_reruns_only_the_runs_that_use_a_changed_method(sandbox, monkeypatch
     dvc = str(BIN / "dvc")
     _run([dvc, "init", "--no-scm", "-q"], cwd=sandbox)
     first = _run([dvc, "repro"], cwd=sandbox).stdout
-    assert first.count("Running stage") == 16
+    assert first.count("Running stage") == 17
     assert "up to date" in _run([dvc, "status"], cwd=sandbox).stdout
+    # the evaluations' metrics files and the figures stage's plots, as DVC reads them
+    shown = json.loads(_run([dvc, "metrics", "show", "--json"], cwd=sandbox).stdout)
+    (workspace,) = shown.values()  # one revision: the workspace ("" without git)
+    metrics = workspace["data"]
+    assert len(metrics) == 6 and all("mIoU" in m["data"] for m in metrics.values())
+    plots = json.loads(_run([dvc, "plots", "show", "--json"], cwd=sandbox).stdout)["data"]
+    assert {"train-loss", "distill-losses", "r_t", "val-miou", "table1-miou",
+            "results/micro/figures/qualitative.png"} <= set(plots)
+    values = plots["distill-losses"][0]["content"]["data"]["values"]
+    assert values and all(v["distill_loss_bd"] and v["distill_loss_cd"] for v in values)
     change_bd_weight(sandbox)
     status = json.loads(_run([dvc, "status", "--json"], cwd=sandbox).stdout)
     assert set(status) == {f"train-{r}-seed0" for r in USES_BD}
     second = _run([dvc, "repro"], cwd=sandbox).stdout
     ran = set(re.findall(r"^Running stage '([^']+)'", second, re.M))
     assert ran == ({f"train-{r}-seed0" for r in USES_BD}
-                   | {f"evaluate-{r}-seed0" for r in USES_BD} | {"table-table1", "table-table3"})
+                   | {f"evaluate-{r}-seed0" for r in USES_BD}
+                   | {"table-table1", "table-table3", "figures"})

@@ -1,14 +1,35 @@
-"""Context distillation (Sec. IV-C, Eq. 4-5)."""
-from __future__ import annotations
+"""Context distillation (Sec. IV-C, Eq. 4-5).
 
-import math
+The relation-KL math (materialised and memory-bounded, blockwise) is in
+:mod:`bcd.losses.relation`; this module holds the loss module and re-exports the functions.
+"""
+from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 from ..schedule import AdaptiveTemperature, build_temperature
-from ._kl import tempered_kl
 from .boundary import check_feature_pair
+from .relation import (
+    DEFAULT_BLOCK_SIZE,
+    relation_kl_blockwise,
+    relation_kl_naive,
+    relation_kl_sum,
+    relation_logits,
+    teacher_relation_extremes,
+)
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "ContextDistillLoss",
+    "relation_kl",
+    "relation_kl_blockwise",
+    "relation_kl_naive",
+    "relation_kl_sum",
+    "relation_logits",
+    "standardize_channels",
+    "teacher_relation_extremes",
+]
 
 _ALIGN = ("conv1x1", "none")
 _NORMALIZE = ("channel", "none")
@@ -29,35 +50,36 @@ def standardize_channels(feat: Tensor, eps: float = 1e-5) -> Tensor:
     return nn.functional.layer_norm(feat.movedim(1, -1), feat.shape[1:2], eps=eps).movedim(-1, 1)
 
 
-def relation_logits(feat: Tensor) -> Tensor:
-    """Self-relation logits ``X^T X / sqrt(d)`` of Eq. 4 (before the tempered softmax).
-
-    Args:
-        feat: features ``(N, C, H, W)``; ``X`` is ``feat`` flattened to ``(N, C, HW)``, ``d = C``.
-
-    Returns:
-        ``(N, HW, HW)`` tensor; row ``i`` holds the scaled inner products of pixel ``i`` with
-        every pixel.
-    """
-    x = feat.flatten(2)  # (N, C, HW)
-    return torch.bmm(x.transpose(1, 2), x) / math.sqrt(feat.shape[1])
+def _check_block_size(name: str, block_size) -> int:
+    """``None``/0 -> 0 (materialised); an int ``>= 1`` -> rows per block."""
+    if block_size is None:
+        return 0
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0:
+        raise ValueError(f"{name}: block_size must be None, 0 or an int >= 1, got {block_size!r}")
+    return block_size
 
 
-def relation_kl(t_feat: Tensor, s_feat: Tensor, tau: float) -> Tensor:
-    """Per-row ``tau^2 KL(softmax(T^R_i / tau) || softmax(S^R_i / tau))`` (Eq. 4-5).
+def relation_kl(t_feat: Tensor, s_feat: Tensor, tau: float,
+                block_size: int | None = DEFAULT_BLOCK_SIZE) -> Tensor:
+    """Per-row ``tau^2 KL(softmax(T^R_i / tau) || softmax(S^R_i / tau))`` (Eq. 4-5), exact.
 
-    Exact version: materialises the full ``HW x HW`` relation matrices. The teacher side is
-    detached.
+    The teacher side is detached.
 
     Args:
         t_feat: teacher features ``O(T^c)``, ``(N, C, H, W)``.
         s_feat: student features ``O(S^c)``, ``(N, C, H, W)``.
         tau: temperature, ``> 0``.
+        block_size: rows per block of :func:`relation_kl_blockwise` (memory ``O(N B HW)``);
+            ``None`` or ``0`` materialises the full ``HW x HW`` matrices
+            (:func:`relation_kl_naive`). Default :data:`DEFAULT_BLOCK_SIZE`.
 
     Returns:
         ``(N, HW)`` KL value of every row ``i`` of the relation matrices.
     """
-    return tempered_kl(relation_logits(t_feat.detach()), relation_logits(s_feat), tau, dim=-1)
+    block_size = _check_block_size("relation_kl", block_size)
+    if block_size == 0:
+        return relation_kl_naive(t_feat, s_feat, tau)
+    return relation_kl_blockwise(t_feat, s_feat, tau, block_size)
 
 
 class ContextDistillLoss(nn.Module):
@@ -78,6 +100,13 @@ class ContextDistillLoss(nn.Module):
     (:func:`standardize_channels`). The teacher side is detached. ``loss_weight`` may be changed
     between calls (e.g. multiplied by r(t), Eq. 8).
 
+    Computation: with ``block_size >= 1`` (default) the loss is evaluated exactly but one block
+    of ``block_size`` rows of the relation matrices at a time (:func:`relation_kl_sum`, memory
+    ``O(N block_size HW)`` instead of ``O(N HW^2)``, gradient accumulated in the same pass; the
+    adaptive temperature's statistic comes from that pass too). If that statistic raises tau,
+    the pass is repeated at the new tau, so the result is exactly that of the materialised
+    computation (``block_size=None`` or ``0``), which updates tau before computing the loss.
+
     Args:
         in_channels: channels ``C`` of the fused features. Default ``256``.
         loss_weight: beta of Eq. 6. Default ``50.0``.
@@ -91,6 +120,8 @@ class ContextDistillLoss(nn.Module):
             by the number of distributions); ``'entry'`` = mean over all ``N hw hw`` entries
             (``F.kl_div(..., reduction='mean')``), i.e. ``'row'`` divided by ``hw``.
             Default ``'entry'`` (docs/method.md explains the choice).
+        block_size: rows of the relation matrices per block; ``None`` or ``0`` materialises the
+            ``HW x HW`` matrices (the reference). Default :data:`DEFAULT_BLOCK_SIZE` (256).
 
     Shapes:
         preds_S, preds_T: ``(N, C, H, W)``. Output: scalar.
@@ -104,6 +135,7 @@ class ContextDistillLoss(nn.Module):
         align: str = "conv1x1",
         normalize: str = "channel",
         reduction: str = "entry",
+        block_size: int | None = DEFAULT_BLOCK_SIZE,
     ) -> None:
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -118,6 +150,7 @@ class ContextDistillLoss(nn.Module):
             raise ValueError(
                 f"ContextDistillLoss: reduction must be one of {_REDUCTION}, got {reduction!r}")
         self.reduction = reduction
+        self.block_size = _check_block_size("ContextDistillLoss", block_size)
         self.in_channels = in_channels
         self.loss_weight = float(loss_weight)
         self.align = align
@@ -132,7 +165,8 @@ class ContextDistillLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"loss_weight={self.loss_weight}, align={self.align!r}, "
-                f"normalize={self.normalize!r}, reduction={self.reduction!r}")
+                f"normalize={self.normalize!r}, reduction={self.reduction!r}, "
+                f"block_size={self.block_size}")
 
     def aligned_student(self, preds_S: Tensor) -> Tensor:
         """``O(S^c)``: the student alignment (weights cast to the input's dtype)."""
@@ -149,9 +183,30 @@ class ContextDistillLoss(nn.Module):
         t_feat = preds_T.to(dtype).detach()
         if self.normalize == "channel":
             s_feat, t_feat = standardize_channels(s_feat), standardize_channels(t_feat)
-        if self.training and self.temperature.factor != 1.0:  # skip building logits for a fixed tau
-            self.temperature.update(relation_logits(t_feat), dim=-1)
-        per_row = relation_kl(t_feat, s_feat, self.temperature.tau)  # (N, HW)
+        adaptive = self.training and self.temperature.factor != 1.0
+        if self.block_size == 0:  # materialised reference
+            if adaptive:
+                self.temperature.update(relation_logits(t_feat), dim=-1)
+            per_row = relation_kl_naive(t_feat, s_feat, self.temperature.tau)  # (N, HW)
+            if self.reduction == "entry":
+                per_row = per_row / per_row.shape[-1]
+            return self.loss_weight * per_row.mean()
+        tau = self.temperature.tau
+        if adaptive:
+            row_sums, extremes = relation_kl_sum(t_feat, s_feat, tau, self.block_size,
+                                                 return_extremes=True)
+            if self.temperature.statistic == "prob_range":
+                lo, hi = extremes[3], extremes[2]
+            else:  # 'logit_range'
+                lo, hi = extremes[1], extremes[0]
+            if self.temperature.update_from_extremes(lo, hi) != tau:
+                # tau was raised: the statistic is taken before the loss (as in the materialised
+                # path), so redo the pass at the new temperature.
+                row_sums = relation_kl_sum(t_feat, s_feat, self.temperature.tau, self.block_size)
+        else:
+            row_sums = relation_kl_sum(t_feat, s_feat, tau, self.block_size)  # (N,)
+        hw = s_feat.shape[-2] * s_feat.shape[-1]
+        per_row = row_sums / hw  # mean over the rows of each sample
         if self.reduction == "entry":
-            per_row = per_row / per_row.shape[-1]
+            per_row = per_row / hw
         return self.loss_weight * per_row.mean()

@@ -119,7 +119,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise UntrustedCheckpointError(
             f"{path}: this checkpoint is not plain weights; loading it fully would unpickle "
             "arbitrary Python objects, which can execute code. Only do that for files you trust: "
-            f"set {TRUST_ENV}=1 (or pass --trust-checkpoint) to allow it. "
+            f"set {TRUST_ENV}=1 (or pass --trust-checkpoints to `python -m bcd`) to allow it. "
             f"(torch said: {str(err).splitlines()[0]})"
         ) from err
 

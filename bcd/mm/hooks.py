@@ -61,20 +61,42 @@ class NonFiniteLossHook(Hook):
     """Stop at the first NaN/inf loss term, naming the term and the iteration.
 
     Runs before the checkpoint hook, so the last checkpoint written stays the last good one and
-    nothing already on disk is touched.
+    nothing already on disk is touched. A finite but huge loss can still overflow the update and
+    leave non-finite weights; before every checkpoint the weights are checked too, so a
+    checkpoint with non-finite weights is never written (the error then names the loss terms of
+    that iteration, largest first).
     """
 
     priority = "VERY_HIGH"
 
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not outputs:
             return
-        bad = {k: _scalar(v) for k, v in outputs.items() if not math.isfinite(_scalar(v))}
+        self._last = {k: _scalar(v) for k, v in outputs.items()}
+        bad = {k: v for k, v in self._last.items() if not math.isfinite(v)}
         if bad:
             raise FloatingPointError(
                 f"non-finite loss at iteration {runner.iter + 1}: "
                 + ", ".join(f"{k}={v}" for k, v in bad.items())
                 + f". Training stopped; checkpoints already in {runner.work_dir} are kept.")
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict") or {}
+        broken = [k for k, v in state.items()
+                  if hasattr(v, "is_floating_point") and v.is_floating_point()
+                  and not bool(v.isfinite().all())]
+        if broken:
+            terms = sorted(self._last.items(), key=lambda kv: -abs(kv[1]))
+            raise FloatingPointError(
+                f"non-finite weights after iteration {runner.iter + 1} ({len(broken)} tensors, "
+                f"e.g. {broken[0]}): the update overflowed although the loss was finite; loss "
+                "terms of that iteration, largest first: "
+                + ", ".join(f"{k}={v:.3g}" for k, v in terms if k != "loss")
+                + f". Training stopped before writing that checkpoint; earlier checkpoints in "
+                f"{runner.work_dir} are kept.")
 
 
 @HOOKS.register_module(force=True)

@@ -100,6 +100,26 @@ def table_spec(wildcards):
     return _canonical(P.resolve_table(CFG, wildcards.table))
 
 
+def figures_spec(wildcards):
+    return _canonical(P.resolve_figures(CFG))
+
+
+# The figures stage's files (only with a `figures` section in the params that resolves).
+FIGURES = P.figures_spec(CFG)
+FIGURES_IN = P.figures_inputs(CFG) if FIGURES else {}
+
+
+def figure_files(fmt):
+    return [str(p[fmt]) for p in P.figure_paths(CFG).values()]
+
+
+def ablation_figures():
+    """The figures, when they draw Table I (then `snakemake ablation` makes them too)."""
+    if FIGURES and FIGURES["table"] == "table1":
+        return P.figures_outputs(CFG)
+    return []
+
+
 def all_targets():
-    """Every metrics file and every table: the whole DAG of bcd.params.stages."""
+    """Every metrics file, every table and the figures: the whole DAG of bcd.params.stages."""
     return [f for s in P.stages(CFG) for f in (*s.metrics, *(s.outs if not s.cache else ()))]

@@ -6,6 +6,7 @@ rule train:
     output:
         model=run_file("model"),
         train_log=run_file("train_log"),
+        distill_heads=run_file("distill_heads"),  # the distiller's state (empty without KD)
     params:
         spec=run_spec,  # rerun trigger: only the runs that use a changed value
     log:

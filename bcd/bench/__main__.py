@@ -1,0 +1,3 @@
+from bcd.bench.cli import main
+
+raise SystemExit(main())

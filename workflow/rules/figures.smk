@@ -1,0 +1,27 @@
+# The figures (bcd/figures.py), when the params have a `figures` section: the qualitative grid,
+# the boundary figure, the training curves, the ablation chart and the curve exports of dvc plots.
+# (No rule when its runs cannot be derived from the table: bcd.params.figures_spec.)
+if FIGURES:
+
+    rule figures:
+        input:
+            data=FIGURES_IN["data"],
+            weights=FIGURES_IN["weights"],
+            metrics=FIGURES_IN["metrics"],
+            train_logs=FIGURES_IN["train_logs"],
+            table=FIGURES_IN["table"],
+            code=P.code_files(P.FIGURES_CODE),
+        output:
+            png=[report(f, category="Figures") for f in figure_files("png")],
+            other=[f for f in P.figures_outputs(CFG) if f not in figure_files("png")],
+        params:
+            spec=figures_spec,  # rerun trigger
+        log:
+            log_file("figures"),
+        benchmark:
+            benchmark_file("figures")
+        threads: 1
+        resources:
+            mem_mb=2000,
+        shell:
+            "{PY} -m bcd figures {PARAMS} > {log} 2>&1"

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from bcd import params as P
+from bcd.atomic import write_json_atomic
 from bcd.provenance import file_sha256
 from bcd.train import _setup_threads, check_state_dict, load_meta, load_weights, require_dataset
 
@@ -39,7 +40,6 @@ def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
     from mmengine.runner import Runner
 
     from bcd.mm import configs
-    from bcd.mm.hooks import write_json_atomic
 
     _setup_threads()
     if (run is None) == (teacher is None):

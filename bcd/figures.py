@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from bcd import params as P
+from bcd.atomic import atomic_write
 
 IGNORE_INDEX = 255
 DPI = 150
@@ -168,18 +168,6 @@ def curve_columns(cfg, run: str) -> dict[str, list[str]]:
     return {"train": train, "val": ["iter", "mIoU"]}
 
 
-def _write_atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_rows_csv(path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     """Rows as CSV with ``columns`` first, then any other keys in order of appearance; a
     missing value is an empty cell."""
@@ -191,7 +179,7 @@ def write_rows_csv(path, rows: Sequence[Mapping[str, Any]], columns: Sequence[st
             out.writeheader()
             out.writerows(rows)
 
-    return _write_atomic(Path(path), write)
+    return atomic_write(Path(path), write)
 
 
 def read_log(path) -> dict:
@@ -268,7 +256,7 @@ def save_figure(fig, paths: Mapping[str, Path]) -> list[Path]:
     written = []
     for fmt, path in paths.items():
         meta = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
-        written.append(_write_atomic(Path(path), lambda tmp, fmt=fmt: fig.savefig(
+        written.append(atomic_write(Path(path), lambda tmp, fmt=fmt: fig.savefig(
             tmp, format=fmt, dpi=DPI, metadata=meta.get(fmt))))
     return written
 

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from bcd.atomic import write_text_atomic
+
 SCHEMA_FILE = Path(__file__).parent / "schema" / "params.schema.yaml"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 #: Folders under ``paths.runs`` that are not runs.
@@ -38,12 +40,12 @@ RESERVED_RUN_NAMES = ("teachers", "benchmarks", "logs")
 # students, not the teacher.
 REFERENCE_CSV = "bcd/reference/bcd_reported_results.csv"
 DATA_CODE = ("bcd/data",)
-TEACHER_CODE = ("bcd/mm", "bcd/train.py", "bcd/provenance.py")
+TEACHER_CODE = ("bcd/mm", "bcd/train.py", "bcd/provenance.py", "bcd/atomic.py")
 TRAIN_CODE = ("bcd/losses", "bcd/connectors.py", "bcd/schedule.py", "bcd/mm", "bcd/train.py",
-              "bcd/provenance.py")
-EVALUATE_CODE = ("bcd/evaluate.py", "bcd/mm", "bcd/metrics", "bcd/provenance.py")
-TABLE_CODE = ("bcd/tables.py", REFERENCE_CSV)
-FIGURES_CODE = ("bcd/figures.py",)
+              "bcd/provenance.py", "bcd/atomic.py")
+EVALUATE_CODE = ("bcd/evaluate.py", "bcd/mm", "bcd/metrics", "bcd/provenance.py", "bcd/atomic.py")
+TABLE_CODE = ("bcd/tables.py", "bcd/atomic.py", REFERENCE_CSV)
+FIGURES_CODE = ("bcd/figures.py", "bcd/atomic.py")
 
 
 class ParamsError(ValueError):
@@ -810,13 +812,6 @@ def dvc_yaml_text(cfg) -> str:
     return header + body
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Commands (wired into bcd/cli.py)
 # ----------------------------------------------------------------------------------------------
@@ -854,5 +849,5 @@ def main_dvc_yaml(args) -> None:
     """``python -m bcd dvc-yaml --params F... [--out dvc.yaml]``: write the generated dvc.yaml."""
     cfg = load_params(args.params)
     out = Path(getattr(args, "out", None) or "dvc.yaml")
-    _write_atomic(out, dvc_yaml_text(cfg))
+    write_text_atomic(out, dvc_yaml_text(cfg))
     print(f"wrote {out}: {len(stages(cfg))} stages")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import statistics
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 from bcd import params as P
+from bcd.atomic import atomic_write, write_text_atomic
 
 REFERENCE = Path(__file__).parent / "reference" / "bcd_reported_results.csv"
 METRIC = "mIoU"
@@ -356,23 +356,13 @@ def to_latex(cfg, name: str, df) -> str:
             + tex[end:])
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_table(cfg, name: str) -> dict:
     """Write ``NAME.csv`` and ``NAME.tex`` (each via a temporary file); returns their paths."""
     df = build_table(cfg, name)
     paths = P.table_paths(cfg, name)
     tex = to_latex(cfg, name, df)
-    _write_atomic(Path(paths["csv"]), lambda p: df.to_csv(p, index=False))
-    _write_atomic(Path(paths["tex"]), lambda p: p.write_text(tex, encoding="utf-8"))
+    atomic_write(paths["csv"], lambda p: df.to_csv(p, index=False))
+    write_text_atomic(paths["tex"], tex)
     return paths
 
 

@@ -17,6 +17,7 @@ import torch
 
 from bcd import params as P
 from bcd import provenance
+from bcd.atomic import atomic_write, write_json_atomic
 
 log = logging.getLogger("bcd")
 
@@ -57,12 +58,8 @@ def require_teacher(cfg, teacher: str) -> Path:
 
 def save_weights(module: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
     """Save plain weights (loadable with ``weights_only=True``) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save({"state_dict": state, "meta": dict(meta)}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"state_dict": state, "meta": dict(meta)}, tmp))
 
 
 TRUST_ENV = "BCD_TRUST_CHECKPOINTS"  # =1: the user vouches for every checkpoint (full unpickling)
@@ -178,8 +175,6 @@ def prepare_work_dir(work: Path, fingerprint: Mapping[str, Any]) -> bool:
         shutil.rmtree(stale, ignore_errors=True)
         work.rename(stale)
         log.warning("%s held checkpoints of a run with other settings; moved to %s", work, stale)
-    from bcd.mm.hooks import write_json_atomic
-
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stamp, fingerprint)
     return False

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from bcd.atomic import atomic_write
+
 _APPLIED = False
 _TRUSTED_ROOTS: set[Path] = set()
 TRUST_ENV = "BCD_TRUST_CHECKPOINTS"
@@ -157,25 +159,6 @@ def syncbn_to_bn(cfg: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # Patch 4: atomic checkpoint writes
 # --------------------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it into place.
-
-    If ``write`` fails (or the process is killed), nothing appears under ``path`` and an older
-    file there stays as it was; the temporary file is removed on failure.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint_atomic(checkpoint, filename, file_client_args=None, backend_args=None):
     """mmengine's ``save_checkpoint`` for local files, written atomically (patch 4)."""
     if "://" in str(filename) or file_client_args is not None or backend_args is not None:

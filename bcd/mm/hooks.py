@@ -1,16 +1,14 @@
 """mmengine hooks of bcd: the loss-weight decay r(t), a non-finite-loss guard, logging."""
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
+from bcd.atomic import write_json_atomic
 from bcd.schedule import decay
 
 
@@ -166,15 +164,3 @@ class TrainLogHook(Hook):
 
     def after_run(self, runner) -> None:
         write_json_atomic(self.out_file, {"train": self.train, "val": self.val})
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON to a temporary sibling and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, allow_nan=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

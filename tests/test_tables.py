@@ -176,3 +176,24 @@ def test_main_table_command(cfg, capsys):
     assert Path("results/tables/table1.csv").is_file()
     assert Path("results/tables/table1.tex").is_file()
     assert "results/tables/table1.csv" in capsys.readouterr().out
+
+
+def test_a_table_refuses_runs_distilled_from_another_teacher_checkpoint(cfg):
+    """Provenance: every distilled run names the sha256 of the teacher weights it used."""
+    t_path = P.teacher_paths(cfg, "pspnet-r101")["metrics"]
+    teacher = json.loads(Path(t_path).read_text())
+    teacher["weights_sha256"] = "a" * 64
+    _write_json(t_path, teacher)
+    for run in ("r18-bd", "r18-cd", "r18-bd-cd", "r18-bcd"):
+        for seed in cfg["seeds"]:
+            path = P.run_paths(cfg, run, seed)["metrics"]
+            m = json.loads(Path(path).read_text())
+            m["provenance"] = {"teacher_sha256": "a" * 64}
+            _write_json(path, m)
+    assert len(T.build_table(cfg, "table1")) == 6  # all from the teacher the table evaluated
+    stale = P.run_paths(cfg, "r18-cd", 1)["metrics"]
+    m = json.loads(Path(stale).read_text())
+    m["provenance"] = {"teacher_sha256": "b" * 64}
+    _write_json(stale, m)
+    with pytest.raises(T.MetricsError, match=r"different teacher checkpoints.*r18-cd seed 1.*bbbbbbbbbbbb"):
+        T.build_table(cfg, "table1")

@@ -6,3 +6,17 @@
 * :mod:`bcd.bench.step`: one training step with BCD (boundary + context distillation) against
   one with plain logit KD, through the project's mmrazor glue.
 """
+from __future__ import annotations
+
+import json
+import os
+
+from bcd.atomic import write_text_atomic
+
+
+def write_result(result: dict, path: str | os.PathLike | None) -> dict:
+    """Write a benchmark's result as JSON to ``path`` (if given, atomically); return it."""
+    if path:
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+    return result

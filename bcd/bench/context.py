@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bcd.bench import write_result
+
 NAIVE = "naive"
 
 
@@ -248,11 +250,7 @@ def run(args) -> dict:
     print("mem ratio / time ratio: blockwise over naive. value rel: |dL| / |L|; grad abs: "
           "max |d grad|; grad rel: max |d grad| / max |grad| (w.r.t. the student features).")
     result = {"meta": meta, "rows": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return result
+    return write_result(result, args.json)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

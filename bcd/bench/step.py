@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from bcd.bench import write_result
 
 _KD_METHODS = ("kd", "bd", "cd", "bcd")
 
@@ -311,11 +312,7 @@ def run(args) -> dict:
                            temperature=args.temperature, repeats=args.repeats,
                            warmup=args.warmup, params=args.params),
               "rows": rows, "profile": profile_text}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return result
+    return write_result(result, args.json)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

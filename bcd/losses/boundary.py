@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..schedule import AdaptiveTemperature, build_temperature
 from ._kl import tempered_kl
+from ._checks import check_maps
 from .pairs import line_max, pair_lines, partner_mask, shifted
 
 
@@ -19,13 +20,7 @@ def check_feature_pair(name: str, preds_S: Tensor, preds_T: Tensor, in_channels:
         preds_T: teacher features ``(N, C, H, W)``.
         in_channels: the expected ``C``.
     """
-    for side, x in (("preds_S", preds_S), ("preds_T", preds_T)):
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{name}: {side} must be a Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"{name}: {side} must be (N, C, H, W), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"{name}: {side} must be floating point, got {x.dtype}")
+    check_maps(name, preds_S, preds_T)
     if preds_S.shape != preds_T.shape:
         raise ValueError(
             f"{name}: preds_S {tuple(preds_S.shape)} and preds_T {tuple(preds_T.shape)} must have "
@@ -35,10 +30,6 @@ def check_feature_pair(name: str, preds_S: Tensor, preds_T: Tensor, in_channels:
         raise ValueError(
             f"{name}: expected C = in_channels = {in_channels} channels, got preds_S "
             f"{tuple(preds_S.shape)} and preds_T {tuple(preds_T.shape)}"
-        )
-    if preds_S.device != preds_T.device:
-        raise ValueError(
-            f"{name}: preds_S is on {preds_S.device} but preds_T is on {preds_T.device}"
         )
 
 

@@ -83,7 +83,7 @@ def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
     from mmengine.config import Config
 
     t0 = time.time()
-    runner = Runner.from_cfg(Config(test_cfg))
+    runner = Runner.from_cfg(Config(test_cfg, format_python_code=False))
     state = load_weights(ckpt)
     check_state_dict(runner.model, state, ckpt)
     runner.model.load_state_dict(state, strict=True)

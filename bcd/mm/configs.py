@@ -196,10 +196,21 @@ def head_channels(spec: Mapping[str, Any]) -> int:
     return backbone_channels(spec)[3] // 4
 
 
-def _auto_args(ltype: str, student_spec, teacher_spec, num_classes: int) -> dict:
+def fused_channels(methods: Mapping[str, Mapping[str, Any]]) -> int:
+    """Width of the hierarchical connector that BD and CD share (their ``fused_channels``)."""
+    widths = {name: m.get("fused_channels", FUSED_CHANNELS) for name, m in methods.items()
+              if m["type"] in BCD_LOSSES}
+    if len(set(widths.values())) > 1:
+        raise ValueError("BD and CD share one hierarchical connector, but their fused_channels "
+                         f"differ: {widths}")
+    return next(iter(widths.values()), FUSED_CHANNELS)
+
+
+def _auto_args(ltype: str, student_spec, teacher_spec, num_classes: int,
+               fused: int = FUSED_CHANNELS) -> dict:
     """Constructor arguments a loss takes from the models (channels, classes)."""
     if ltype in BCD_LOSSES:
-        return dict(in_channels=FUSED_CHANNELS)
+        return dict(in_channels=fused)
     if ltype in ("CrossImageRelationLoss", "TATLoss"):
         out = dict(student_channels=head_channels(student_spec),
                    teacher_channels=head_channels(teacher_spec))
@@ -216,13 +227,16 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
               seed: int = 0, num_classes: int | None = None) -> dict:
     """An mmrazor ``ConfigurableDistiller`` config for the named distillation terms."""
     losses, mappings, used = {}, {}, set()
+    fused = fused_channels(methods)
     for name, settings in methods.items():
         settings = dict(settings)
         ltype = settings.pop("type")
+        settings.pop("fused_channels", None)  # the connector's width, not the loss's
         if ltype not in LOSS_INPUTS:
             raise ValueError(f"method {name!r}: unknown loss type {ltype!r} "
                              f"(known: {sorted(LOSS_INPUTS)})")
-        for key, value in _auto_args(ltype, student_spec, teacher_spec, num_classes).items():
+        for key, value in _auto_args(ltype, student_spec, teacher_spec, num_classes,
+                                     fused).items():
             settings.setdefault(key, value)
         losses[f"loss_{name}"] = dict(type=ltype, **settings)
         mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap])
@@ -235,11 +249,11 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
     if used & {"student.fused", "teacher.fused"}:
         connectors["s_fuse"] = dict(type="HierarchicalFusion",
                                     in_channels=backbone_channels(student_spec),
-                                    out_channels=FUSED_CHANNELS)
+                                    out_channels=fused)
         # Teacher side: a frozen, seeded random projection (docs/method.md, "trivial solution").
         connectors["t_fuse"] = dict(type="HierarchicalFusion",
                                     in_channels=backbone_channels(teacher_spec),
-                                    out_channels=FUSED_CHANNELS, frozen=True, init_seed=seed)
+                                    out_channels=fused, frozen=True, init_seed=seed)
     if used & {"student.logits", "teacher.logits"}:
         s_rec["logits"] = dict(type="ModuleOutputs", source="decode_head.conv_seg")
         t_rec["logits"] = dict(type="ModuleOutputs", source="decode_head.conv_seg")
@@ -308,7 +322,8 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         visualizer=dict(type="mmseg.SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")],
                         name="visualizer"),
     )
-    return Config(cfg)
+    # yapf-formatting the dumped config costs ~2 s per dump (4 dumps per run) at no use here
+    return Config(cfg, format_python_code=False)
 
 
 def teacher_config(*, spec, data, data_root, train, work_dir, seed, log_file,

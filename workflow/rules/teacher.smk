@@ -11,7 +11,7 @@ rule teacher:
         log_file("teacher", "{teacher}"),
     benchmark:
         benchmark_file("teacher", "{teacher}")
-    threads: 2  # the teacher runs alone before the student runs
+    threads: 1  # both teachers train at once, then the student runs start on a free core
     resources:
         mem_mb=4000,
     shell:

@@ -25,7 +25,8 @@ idempotent and has a test (``tests/test_compat.py``) that fails without it.
    ``http(s)://`` or a local path) reach the backbone as ``init_cfg=dict(type='Pretrained')``. On a
    machine without network access mmengine fails deep in urllib; the ``Pretrained`` initializer is
    replaced by :class:`PretrainedWeights`, which names the URL and the model and says what to do
-   (network access or a local file). Local files still go through patch 2.
+   (network access or a local file). Local files still go through patch 2. Tested in
+   tests/test_paper_models.py.
 """
 from __future__ import annotations
 

@@ -33,6 +33,14 @@ SCHEMA_FILE = Path(__file__).parent / "schema" / "params.schema.yaml"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 #: Folders under ``paths.runs`` that are not runs.
 RESERVED_RUN_NAMES = ("teachers", "benchmarks", "logs")
+#: Architectures of the paper that this installation cannot build, and why (docs/models.md).
+UNAVAILABLE_ARCHS = {
+    "mask2former": (
+        "Mask2Former (the paper's ADE20K teacher) cannot be built here: mmseg 1.2.2's "
+        "Mask2FormerHead needs mmdet (MMDetection), which is not installed in this environment. "
+        "Use a PSPNet-R101 teacher (arch: pspnet, depth: 101) or install mmdet 3.x yourself "
+        "(not part of this project's tested stack)"),
+}
 
 # Code each kind of stage depends on, relative to the repository root (dvc.yaml ``deps``;
 # folders are expanded to their files for Snakemake, see :func:`code_files`). Teachers do not
@@ -289,6 +297,8 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
     out = []
     models, teachers, methods = cfg["models"], cfg["teachers"], cfg["methods"]
     runs, tables = cfg["runs"], cfg["tables"]
+    for name, spec in models.items():
+        out += _model_errors(name, spec)
     for name, spec in teachers.items():
         if spec["model"] not in models:
             out.append((("teachers", name, "model"),
@@ -347,6 +357,42 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
     if "figures" in cfg:
         out += _figures_errors(cfg)
     return out
+
+
+#: heads that take a `backbone` key (the others have their own) and each one's backbone
+BACKBONE_ARCHS = ("pspnet", "deeplabv3plus")
+OWN_BACKBONE = {"segformer": "MiT-B0", "espnet": "ESPNet's encoder"}
+#: the smallest `base_channels` each non-ResNet arch can build with (ESP modules split into 5)
+MIN_BASE_CHANNELS = {"espnet": 2}
+
+
+def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
+    """Keys that do not apply to a model's arch/backbone (the schema lists every key)."""
+    where, arch = ("models", name), spec["arch"]
+    if arch in UNAVAILABLE_ARCHS:
+        return [(where + ("arch",), UNAVAILABLE_ARCHS[arch])]
+    out = []
+    backbone = spec.get("backbone", "resnet") if arch in BACKBONE_ARCHS else None
+    if "backbone" in spec and arch not in BACKBONE_ARCHS:
+        out.append((where + ("backbone",), f"{arch} has its own backbone ({OWN_BACKBONE[arch]}); "
+                                           f"`backbone` applies to {', '.join(BACKBONE_ARCHS)}"))
+    if "depth" in spec and backbone != "resnet":
+        out.append((where + ("depth",), f"depth is a ResNet setting; {describe_model(spec)} has "
+                                        "none (drop it)"))
+    if "aspp_dilations" in spec and arch != "deeplabv3plus":
+        out.append((where + ("aspp_dilations",), f"aspp_dilations applies to deeplabv3plus, "
+                                                 f"not {arch}"))
+    least = MIN_BASE_CHANNELS.get(arch, 1)
+    if spec.get("base_channels", least) < least:
+        out.append((where + ("base_channels",), f"{arch} needs base_channels >= {least}"))
+    return out
+
+
+def describe_model(spec) -> str:
+    """``arch`` plus its backbone, e.g. ``pspnet on mobilenetv2`` (for messages)."""
+    if spec["arch"] in OWN_BACKBONE:
+        return spec["arch"]
+    return f"{spec['arch']} on {spec.get('backbone', 'resnet')}"
 
 
 def _figures_errors(cfg) -> list[tuple[tuple, str]]:

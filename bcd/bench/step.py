@@ -133,8 +133,8 @@ def _build(args, tmp: Path) -> tuple[dict, dict]:
         algos[method] = (algo, optim)
     setting = {"run": args.run, "teacher": spec["teacher"]["model_name"],
                "student": spec["student"]["model_name"], "terms": sorted(bcd_methods),
-               "num_classes": nc, "base_channels": [teacher_spec["base_channels"],
-                                                    student_spec["base_channels"]],
+               "num_classes": nc, "base_channels": [teacher_spec.get("base_channels"),
+                                                    student_spec.get("base_channels")],
                "kd": kd_label}
     return algos, setting
 

@@ -8,7 +8,8 @@ registers bcd's modules so that any mmrazor/mmseg config can name them:
 - mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
   ``DistillScalarsHook``, ``TrainLogHook``, ``RNGStateHook``; mmengine ``LOOPS``:
   ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`);
-- mmseg ``DATASETS``: ``BCDShapesDataset``; mmseg ``METRICS``: ``PerClassIoUMetric``.
+- mmseg ``DATASETS``: ``BCDShapesDataset``; mmseg ``METRICS``: ``PerClassIoUMetric``;
+- mmseg ``MODELS``: ``ResNetV1c38``, ``EfficientNetB1``, ``ESPNetC``, ``ESPNetHead`` (:mod:`bcd.mm.models`).
 
 In a user's own config: ``custom_imports = dict(imports=['bcd.mm'], allow_failed_imports=False)``.
 """
@@ -26,3 +27,4 @@ from . import hooks  # noqa: E402,F401
 from . import resume  # noqa: E402,F401  (RNGStateHook, ResumableIterBasedTrainLoop)
 from . import metrics  # noqa: E402,F401
 from . import datasets  # noqa: E402,F401
+from . import models  # noqa: E402,F401  (ResNetV1c38, EfficientNetB1, ESPNetC, ESPNetHead)

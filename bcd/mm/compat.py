@@ -21,6 +21,12 @@ idempotent and has a test (``tests/test_compat.py``) that fails without it.
 4. mmengine writes checkpoints in place: a run killed mid-write leaves a truncated file under the
    final name. Local checkpoints are written to a temporary sibling and renamed into place
    (:func:`save_checkpoint_atomic`), so a checkpoint file is complete or absent.
+5. ImageNet weights named by a model spec's ``pretrained`` (``open-mmlab://``, ``mmcls://``,
+   ``http(s)://`` or a local path) reach the backbone as ``init_cfg=dict(type='Pretrained')``. On a
+   machine without network access mmengine fails deep in urllib; the ``Pretrained`` initializer is
+   replaced by :class:`PretrainedWeights`, which names the URL and the model and says what to do
+   (network access or a local file). Local files still go through patch 2. Tested in
+   tests/test_paper_models.py.
 """
 from __future__ import annotations
 
@@ -181,6 +187,58 @@ def patch_checkpoint_saving() -> None:
     mm_runner.save_checkpoint = save_checkpoint_atomic
 
 
+# --------------------------------------------------------------------------------------------
+# Patch 5: pretrained backbone weights with a clear message when they cannot be fetched
+# --------------------------------------------------------------------------------------------
+REMOTE_PREFIXES = ("open-mmlab://", "openmmlab://", "mmcls://", "http://", "https://",
+                   "modelzoo://", "torchvision://")
+
+
+class PretrainedWeightsError(RuntimeError):
+    """A model's pretrained weights could not be read (no network, or no such file)."""
+
+
+def patch_pretrained_init() -> None:
+    """Register :class:`PretrainedWeights` as mmengine's ``Pretrained`` initializer (patch 5)."""
+    from mmengine.model.weight_init import PretrainedInit
+    from mmengine.registry import WEIGHT_INITIALIZERS
+
+    class PretrainedWeights(PretrainedInit):
+        """mmengine's ``Pretrained`` plus ``model`` (a description used in error messages).
+
+        Args:
+            checkpoint: a local path or a URL (``open-mmlab://``, ``mmcls://``, ``http(s)://``).
+            model: what the weights initialise, e.g. ``'pspnet / ResNetV1c-101 backbone'``.
+            prefix, map_location: as mmengine's ``PretrainedInit``.
+        """
+
+        def __init__(self, checkpoint, model=None, prefix=None, map_location="cpu"):
+            super().__init__(checkpoint, prefix=prefix, map_location=map_location)
+            self.model = model
+
+        def __call__(self, module):
+            what = self.model or type(module).__name__
+            remote = str(self.checkpoint).startswith(REMOTE_PREFIXES)
+            try:
+                return super().__call__(module)
+            except UntrustedCheckpointError:
+                raise
+            except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError
+                if remote:
+                    raise PretrainedWeightsError(
+                        f"cannot fetch the pretrained weights {self.checkpoint} for {what}: "
+                        "this machine needs network access to download them; offline, download "
+                        "the file elsewhere and set the model's `pretrained` to its local path "
+                        f"(docs/models.md). ({type(err).__name__}: {err})") from err
+                if isinstance(err, FileNotFoundError):
+                    raise PretrainedWeightsError(
+                        f"pretrained weights for {what} not found: {self.checkpoint} (set the "
+                        "model's `pretrained` to an existing file or a URL)") from err
+                raise
+
+    WEIGHT_INITIALIZERS.register_module(name="Pretrained", module=PretrainedWeights, force=True)
+
+
 def apply() -> None:
     """Apply every patch once (idempotent)."""
     global _APPLIED
@@ -189,4 +247,5 @@ def apply() -> None:
     patch_mmrazor_import()
     patch_checkpoint_loading()
     patch_checkpoint_saving()
+    patch_pretrained_init()
     _APPLIED = True

@@ -6,8 +6,9 @@ The params describe *what* to run (model specs, distillation terms, schedules); 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from mmengine.config import Config
 
@@ -16,15 +17,175 @@ FUSED_CHANNELS = 256  # Sec. IV-A: the concatenated features have 256 channels
 # ----------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------
-_RESNET_EXPANSION = {18: 1, 34: 1, 50: 4, 101: 4, 152: 4}
+# A model spec (params `models.<name>`) names a head (`arch`) and, for PSPNet and DeepLabV3+, a
+# backbone (`backbone`, default resnet). docs/models.md lists where each comes from. Everything
+# the rest of this module needs to know about an architecture (the channels and stride of the
+# backbone levels the distillers tap, the classifier's input channels and output stride) comes
+# from the tables below, not from checks scattered over the code.
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+_RESNET_EXPANSION = {18: 1, 34: 1, 38: 4, 50: 4, 101: 4, 152: 4}
+ARCHS = ("pspnet", "deeplabv3plus", "segformer", "espnet")  # buildable here
+BACKBONE_ARCHS = ("pspnet", "deeplabv3plus")  # heads that take a `backbone`
+
+
+def _divisible(value: float, multiple: int = 8) -> int:
+    from mmseg.models.utils import make_divisible
+
+    return make_divisible(value, multiple)
+
+
+def _resnet_levels(spec) -> list[int]:
+    exp, base = _RESNET_EXPANSION[spec["depth"]], spec["base_channels"]
+    return [base * exp * m for m in (1, 2, 4, 8)]
+
+
+def _efficientnet_levels(spec) -> list[int]:
+    from bcd.mm.models.efficientnet import OUT_STAGES, stage_channels
+
+    chans = stage_channels(spec.get("base_channels", 32) / 32)
+    return [chans[i] for i in OUT_STAGES]
+
+
+def _espnet_levels(b: int) -> list[int]:
+    return [b + 3, 8 * b + 3, 16 * b]  # ESPNetC: conv + image, 2 x ESP + image, 2 x ESP
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One backbone family: its level channels, the stride of level 0, its mmseg config."""
+
+    default_base: int  # `base_channels` of the paper's model (the first layer's width)
+    levels: Callable[[Mapping], list[int]]
+    config: Callable[[Mapping, dict], dict]
+    first_stride: int = 4  # stride of level 0 (HierarchicalFusion.target_stride_of_first)
+
+
+def _resnet_config(spec, norm_cfg) -> dict:
+    depth, base = spec["depth"], spec["base_channels"]
+    return dict(type="ResNetV1c38" if depth == 38 else "ResNetV1c",
+                depth=depth, stem_channels=base, base_channels=base,
+                num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
+                strides=(1, 2, 1, 1), norm_cfg=norm_cfg, norm_eval=False, style="pytorch",
+                contract_dilation=True)
+
+
+BACKBONES: dict[str, Backbone] = {
+    # mmseg's pspnet_r*-d8 / deeplabv3plus_r*-d8 (depth 38: bcd.mm.models.resnet38)
+    "resnet": Backbone(64, _resnet_levels, _resnet_config),
+    # mmseg's mobilenet-v2-d8_* configs; width = base_channels / 32
+    "mobilenetv2": Backbone(
+        32, lambda s: [_divisible(c * s.get("base_channels", 32) / 32) for c in (24, 32, 96, 320)],
+        lambda s, norm: dict(type="MobileNetV2", widen_factor=s.get("base_channels", 32) / 32,
+                             strides=(1, 2, 2, 1, 1, 1, 1), dilations=(1, 1, 1, 2, 2, 4, 4),
+                             out_indices=(1, 2, 4, 6), norm_cfg=norm)),
+    # bcd.mm.models.efficientnet (width = base_channels / 32, depth 1.1), output stride 8
+    "efficientnet-b1": Backbone(
+        32, _efficientnet_levels,
+        lambda s, norm: dict(type="EfficientNetB1", width=s.get("base_channels", 32) / 32,
+                             depth=1.1, norm_cfg=norm)),
+    # mmseg's segformer_mit-b0: embed_dims = base_channels (32)
+    "mit-b0": Backbone(
+        32, lambda s: [s.get("base_channels", 32) * m for m in (1, 2, 5, 8)],
+        lambda s, norm: dict(type="MixVisionTransformer", in_channels=3,
+                             embed_dims=s.get("base_channels", 32), num_stages=4,
+                             num_layers=[2, 2, 2, 2], num_heads=[1, 2, 5, 8],
+                             patch_sizes=[7, 3, 3, 3], sr_ratios=[8, 4, 2, 1],
+                             out_indices=(0, 1, 2, 3), mlp_ratio=4, qkv_bias=True,
+                             drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1)),
+    # bcd.mm.models.espnet: levels at 1/2, 1/4, 1/8
+    "espnet": Backbone(
+        16, lambda s: _espnet_levels(s.get("base_channels", 16)),
+        lambda s, norm: dict(type="ESPNetC", base_channels=s.get("base_channels", 16),
+                             alpha2=2, alpha3=8, norm_cfg=norm),
+        first_stride=2),
+}
+#: the backbone of the archs that have their own
+OWN_BACKBONE = {"segformer": "mit-b0", "espnet": "espnet"}
+#: output stride of each head's classifier (decode_head.conv_seg)
+LOGITS_STRIDE = {"pspnet": 8, "deeplabv3plus": 4, "segformer": 4, "espnet": 2}
+
+
+@dataclass(frozen=True)
+class Taps:
+    """What the distillers read from a model (see TAPS / LOSS_INPUTS below)."""
+
+    levels: list[int]  # channels of the backbone's outputs (recorder on `backbone`)
+    first_stride: int  # stride of levels[0]
+    head_channels: int  # channels of the classifier's input (recorder on `classifier`)
+    logits_stride: int  # stride of the classifier's output
+    backbone: str = "backbone"
+    classifier: str = "decode_head.conv_seg"
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` for a spec this module cannot build (bcd.params checks params files
+    earlier, with the file and key named; this guards direct callers)."""
+    from bcd.params import UNAVAILABLE_ARCHS
+
+    arch = spec.get("arch")
+    if arch in UNAVAILABLE_ARCHS:
+        raise ValueError(UNAVAILABLE_ARCHS[arch])
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
+    name = backbone_name(spec)
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r} (known for {arch}: "
+                         f"{', '.join(b for b in BACKBONES if b not in OWN_BACKBONE.values())})")
+    if arch in OWN_BACKBONE and "backbone" in spec and spec["backbone"] != OWN_BACKBONE[arch]:
+        raise ValueError(f"{arch} has its own backbone ({OWN_BACKBONE[arch]}); drop `backbone`")
+    if name == "resnet" and spec.get("depth") not in _RESNET_EXPANSION:
+        raise ValueError(f"unknown ResNet depth {spec.get('depth')} "
+                         f"(known: {sorted(_RESNET_EXPANSION)})")
+
+
+def backbone_name(spec: Mapping[str, Any]) -> str:
+    return OWN_BACKBONE.get(spec["arch"]) or spec.get("backbone", "resnet")
+
+
+def describe(spec: Mapping[str, Any]) -> str:
+    """A short name of the model, e.g. ``pspnet / resnet-101`` (used in messages)."""
+    name = backbone_name(spec)
+    depth = f"-{spec['depth']}" if name == "resnet" else ""
+    return f"{spec['arch']} / {name}{depth}"
+
+
+def _head_widths(spec) -> dict:
+    """Head widths that follow mmseg's configs per backbone (see decode_head)."""
+    name, levels = backbone_name(spec), BACKBONES[backbone_name(spec)].levels(spec)
+    if name == "mobilenetv2":  # mmseg's m-v2 configs keep the R50/R101 heads' widths
+        w = spec.get("base_channels", 32) / 32
+        return dict(channels=_divisible(512 * w), c1_channels=_divisible(48 * w),
+                    aux_channels=_divisible(256 * w))
+    # mmseg's ResNet ratios: head = last level / 4, DeepLabV3+'s low-level projection = first
+    # level x 3/16, auxiliary FCN = third level / 4
+    return dict(channels=levels[3] // 4, c1_channels=max(1, levels[0] * 3 // 16),
+                aux_channels=levels[2] // 4)
+
+
+def taps(spec: Mapping[str, Any], num_classes: int | None = None) -> Taps:
+    """The per-architecture facts the distillers need (``num_classes``: ESPNet's decoder width)."""
+    check_spec(spec)
+    bb = BACKBONES[backbone_name(spec)]
+    if spec["arch"] == "segformer":
+        head = 8 * spec.get("base_channels", 32)  # mmseg's mit-b0: 256
+    elif spec["arch"] == "espnet":
+        if num_classes is None:
+            raise ValueError("espnet: the decoder width is the number of classes; pass num_classes")
+        head = num_classes
+    else:
+        head = _head_widths(spec)["channels"]
+    return Taps(levels=bb.levels(spec), first_stride=bb.first_stride, head_channels=head,
+                logits_stride=LOGITS_STRIDE[spec["arch"]])
 
 
 def backbone_channels(spec: Mapping[str, Any]) -> list[int]:
-    """Channels of the backbone levels the distiller records (ResNet stages 1-4)."""
-    exp = _RESNET_EXPANSION[spec["depth"]]
-    base = spec["base_channels"]
-    return [base * exp * m for m in (1, 2, 4, 8)]
+    """Channels of the backbone levels the distiller records."""
+    return taps(spec, num_classes=0).levels
+
+
+def head_channels(spec: Mapping[str, Any], num_classes: int | None = None) -> int:
+    """Channels of the decode head's last feature map (the classifier's input)."""
+    return taps(spec, num_classes).head_channels
 
 
 def data_preprocessor(crop_size) -> dict:
@@ -32,60 +193,70 @@ def data_preprocessor(crop_size) -> dict:
                 seg_pad_val=255, size=tuple(crop_size))
 
 
-ARCHS = ("pspnet", "deeplabv3plus")
+def _ce(weight: float) -> dict:
+    return dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=weight)
 
 
 def decode_head(spec: Mapping[str, Any], num_classes: int, norm_cfg: dict) -> dict:
-    """The decode head of mmseg's ``pspnet_r*-d8`` / ``deeplabv3plus_r*-d8`` configs.
+    """The decode head: mmseg's ``PSPHead`` / ``DepthwiseSeparableASPPHead`` / ``SegformerHead``
+    as in its configs, or ESPNet's decoder (:class:`bcd.mm.models.ESPNetHead`).
 
-    Widths follow mmseg's ratios: head channels = last stage / 4 (512 for R50/R101, 128 for
-    R18); DeepLabV3+'s low-level projection = first stage x 3/16 (48 for R101, 12 for R18).
+    PSPNet / DeepLabV3+ widths follow mmseg's ratios: head channels = last level / 4 (512 for
+    R50/R101, 128 for R18); DeepLabV3+'s low-level projection = first level x 3/16 (48 for R101,
+    12 for R18); on MobileNetV2 mmseg's m-v2 configs keep 512 and 48.
     """
-    c1, _, _, c4 = backbone_channels(spec)
-    common = dict(in_channels=c4, in_index=3, channels=c4 // 4, dropout_ratio=0.1,
-                  num_classes=num_classes, norm_cfg=norm_cfg, align_corners=False,
-                  loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+    t = taps(spec, num_classes)
+    common = dict(channels=t.head_channels, num_classes=num_classes, norm_cfg=norm_cfg,
+                  align_corners=False, loss_decode=_ce(1.0))
+    if spec["arch"] == "segformer":
+        return dict(type="SegformerHead", in_channels=t.levels, in_index=[0, 1, 2, 3],
+                    dropout_ratio=0.1, **common)
+    if spec["arch"] == "espnet":
+        return dict(type="ESPNetHead", in_channels=t.levels, in_index=[0, 1, 2],
+                    dropout_ratio=0.0, **common)
+    common.update(in_channels=t.levels[3], in_index=3, dropout_ratio=0.1)
     if spec["arch"] == "pspnet":
         return dict(type="PSPHead", pool_scales=(1, 2, 3, 6), **common)
     return dict(type="DepthwiseSeparableASPPHead",
                 dilations=tuple(spec.get("aspp_dilations", (1, 12, 24, 36))),
-                c1_in_channels=c1, c1_channels=max(1, c1 * 3 // 16), **common)
+                c1_in_channels=t.levels[0], c1_channels=_head_widths(spec)["c1_channels"],
+                **common)
+
+
+def auxiliary_head(spec: Mapping[str, Any], num_classes: int, norm_cfg: dict) -> dict | None:
+    """mmseg's auxiliary FCN on the third level (PSPNet / DeepLabV3+ only, as in mmseg)."""
+    if spec["arch"] not in BACKBONE_ARCHS:
+        return None
+    c3 = taps(spec, num_classes).levels[2]
+    return dict(type="FCNHead", in_channels=c3, in_index=2,
+                channels=_head_widths(spec)["aux_channels"], num_convs=1, concat_input=False,
+                dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm_cfg,
+                align_corners=False, loss_decode=_ce(0.4))
 
 
 def segmentor(spec: Mapping[str, Any], num_classes: int, crop_size, norm: str = "BN") -> dict:
     """An mmseg ``EncoderDecoder`` config for a model spec of the params (``arch``, ``depth``...).
 
-    PSPNet or DeepLabV3+ on a dilated ResNetV1c (output stride 8) as in mmseg's
-    ``pspnet_r*-d8`` / ``deeplabv3plus_r*-d8`` configs, with ``base_channels`` as the width knob
-    (64 = the paper's width 1.0, 32 = 0.5).
+    PSPNet or DeepLabV3+ on a dilated backbone (output stride 8: ResNetV1c as in mmseg's
+    ``pspnet_r*-d8`` / ``deeplabv3plus_r*-d8``, MobileNetV2 as in ``mobilenet-v2-d8_*``, or
+    EfficientNet-B1), SegFormer-B0 (mmseg's ``segformer_mit-b0``) or ESPNet. ``base_channels``
+    is the width knob (ResNet: 64 = the paper's width 1.0, 32 = 0.5; others: the first layer's
+    width, default the paper model's). ``pretrained`` (a URL or a local file) becomes the
+    backbone's ``init_cfg``.
     """
-    if spec["arch"] not in ARCHS:
-        raise ValueError(f"unknown architecture {spec['arch']!r} (known: {', '.join(ARCHS)})")
-    depth, base = spec["depth"], spec["base_channels"]
-    if depth not in _RESNET_EXPANSION:
-        raise ValueError(f"unknown ResNet depth {depth} (known: {sorted(_RESNET_EXPANSION)})")
+    check_spec(spec)
     norm_cfg = dict(type=norm, requires_grad=True)
-    c3 = backbone_channels(spec)[2]
-    backbone = dict(type="ResNetV1c", depth=depth, stem_channels=base, base_channels=base,
-                    num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
-                    strides=(1, 2, 1, 1), norm_cfg=norm_cfg, norm_eval=False, style="pytorch",
-                    contract_dilation=True)
+    backbone = BACKBONES[backbone_name(spec)].config(spec, norm_cfg)
     if spec.get("pretrained"):
-        backbone["init_cfg"] = dict(type="Pretrained", checkpoint=spec["pretrained"])
-    return dict(
-        _scope_="mmseg",
-        type="EncoderDecoder",
-        data_preprocessor=data_preprocessor(crop_size),
-        backbone=backbone,
-        decode_head=decode_head(spec, num_classes, norm_cfg),
-        auxiliary_head=dict(type="FCNHead", in_channels=c3, in_index=2, channels=c3 // 4,
-                            num_convs=1, concat_input=False, dropout_ratio=0.1,
-                            num_classes=num_classes, norm_cfg=norm_cfg, align_corners=False,
-                            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False,
-                                             loss_weight=0.4)),
-        train_cfg=dict(),
-        test_cfg=dict(mode="whole"),
-    )
+        backbone["init_cfg"] = dict(type="Pretrained", checkpoint=str(spec["pretrained"]),
+                                    model=f"{describe(spec)} backbone")
+    model = dict(_scope_="mmseg", type="EncoderDecoder",
+                 data_preprocessor=data_preprocessor(crop_size), backbone=backbone,
+                 decode_head=decode_head(spec, num_classes, norm_cfg))
+    aux = auxiliary_head(spec, num_classes, norm_cfg)
+    if aux is not None:
+        model["auxiliary_head"] = aux
+    return dict(model, train_cfg=dict(), test_cfg=dict(mode="whole"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,9 +362,9 @@ LOSS_INPUTS: dict[str, dict[str, str]] = {
 BCD_LOSSES = ("BoundaryDistillLoss", "ContextDistillLoss")  # the terms r(t) scales (Eq. 8)
 
 
-def head_channels(spec: Mapping[str, Any]) -> int:
-    """Channels of the decode head's last feature map (the classifier's input)."""
-    return backbone_channels(spec)[3] // 4
+#: loss types that need the student's and the teacher's logits at the same stride (mmrazor's
+#: CWD does not resize; bcd's losses resize the student to the teacher, align_pair)
+SAME_LOGITS_STRIDE = ("ChannelWiseDivergence",)
 
 
 def fused_channels(methods: Mapping[str, Mapping[str, Any]]) -> int:
@@ -206,26 +377,41 @@ def fused_channels(methods: Mapping[str, Mapping[str, Any]]) -> int:
     return next(iter(widths.values()), FUSED_CHANNELS)
 
 
-def _auto_args(ltype: str, student_spec, teacher_spec, num_classes: int,
+def _auto_args(ltype: str, student: Taps, teacher: Taps, num_classes: int,
                fused: int = FUSED_CHANNELS) -> dict:
     """Constructor arguments a loss takes from the models (channels, classes)."""
     if ltype in BCD_LOSSES:
         return dict(in_channels=fused)
     if ltype in ("CrossImageRelationLoss", "TATLoss"):
-        out = dict(student_channels=head_channels(student_spec),
-                   teacher_channels=head_channels(teacher_spec))
+        out = dict(student_channels=student.head_channels,
+                   teacher_channels=teacher.head_channels)
         if ltype == "CrossImageRelationLoss":
             out["num_classes"] = num_classes
         return out
     if ltype == "SSTKDLoss":
-        return dict(student_channels=backbone_channels(student_spec)[0],
-                    teacher_channels=backbone_channels(teacher_spec)[0])
+        return dict(student_channels=student.levels[0], teacher_channels=teacher.levels[0])
     return {}
+
+
+def _check_applies(name: str, ltype: str, student_spec, teacher_spec, student: Taps,
+                   teacher: Taps) -> None:
+    """Refuse, at config time, a method that cannot read what this student/teacher pair gives."""
+    if ltype in SAME_LOGITS_STRIDE and student.logits_stride != teacher.logits_stride:
+        raise ValueError(
+            f"method {name!r} ({ltype}) compares student and teacher logits pixel by pixel at one "
+            f"size, but the student {describe(student_spec)} predicts at 1/{student.logits_stride} "
+            f"and the teacher {describe(teacher_spec)} at 1/{teacher.logits_stride} of the input; "
+            "use it with a student whose head has the teacher's output stride, or use `kd` "
+            "(PixelKDLoss resizes the student's logits)")
 
 
 def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_spec,
               seed: int = 0, num_classes: int | None = None) -> dict:
-    """An mmrazor ``ConfigurableDistiller`` config for the named distillation terms."""
+    """An mmrazor ``ConfigurableDistiller`` config for the named distillation terms.
+
+    Channels, strides and module paths come from :func:`taps` of each model spec.
+    """
+    s_taps, t_taps = taps(student_spec, num_classes), taps(teacher_spec, num_classes)
     losses, mappings, used = {}, {}, set()
     fused = fused_channels(methods)
     for name, settings in methods.items():
@@ -235,31 +421,33 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
         if ltype not in LOSS_INPUTS:
             raise ValueError(f"method {name!r}: unknown loss type {ltype!r} "
                              f"(known: {sorted(LOSS_INPUTS)})")
-        for key, value in _auto_args(ltype, student_spec, teacher_spec, num_classes,
-                                     fused).items():
+        _check_applies(name, ltype, student_spec, teacher_spec, s_taps, t_taps)
+        for key, value in _auto_args(ltype, s_taps, t_taps, num_classes, fused).items():
             settings.setdefault(key, value)
         losses[f"loss_{name}"] = dict(type=ltype, **settings)
         mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap])
                                     for arg, tap in LOSS_INPUTS[ltype].items()}
         used.update(LOSS_INPUTS[ltype].values())
     s_rec, t_rec, connectors = {}, {}, {}
+
+    def record(key: str, kind: str, module: str) -> None:
+        s_rec[key] = dict(type=kind, source=getattr(s_taps, module))
+        t_rec[key] = dict(type=kind, source=getattr(t_taps, module))
+
     if used & {"student.fused", "teacher.fused", "student.low", "teacher.low"}:
-        s_rec["backbone"] = dict(type="ModuleOutputs", source="backbone")
-        t_rec["backbone"] = dict(type="ModuleOutputs", source="backbone")
+        record("backbone", "ModuleOutputs", "backbone")
     if used & {"student.fused", "teacher.fused"}:
-        connectors["s_fuse"] = dict(type="HierarchicalFusion",
-                                    in_channels=backbone_channels(student_spec),
-                                    out_channels=fused)
+        connectors["s_fuse"] = dict(type="HierarchicalFusion", in_channels=s_taps.levels,
+                                    out_channels=fused,
+                                    target_stride_of_first=s_taps.first_stride)
         # Teacher side: a frozen, seeded random projection (docs/method.md, "trivial solution").
-        connectors["t_fuse"] = dict(type="HierarchicalFusion",
-                                    in_channels=backbone_channels(teacher_spec),
-                                    out_channels=fused, frozen=True, init_seed=seed)
+        connectors["t_fuse"] = dict(type="HierarchicalFusion", in_channels=t_taps.levels,
+                                    out_channels=fused, frozen=True, init_seed=seed,
+                                    target_stride_of_first=t_taps.first_stride)
     if used & {"student.logits", "teacher.logits"}:
-        s_rec["logits"] = dict(type="ModuleOutputs", source="decode_head.conv_seg")
-        t_rec["logits"] = dict(type="ModuleOutputs", source="decode_head.conv_seg")
+        record("logits", "ModuleOutputs", "classifier")
     if used & {"student.head", "teacher.head"}:
-        s_rec["head"] = dict(type="ModuleInputs", source="decode_head.conv_seg")
-        t_rec["head"] = dict(type="ModuleInputs", source="decode_head.conv_seg")
+        record("head", "ModuleInputs", "classifier")
     if "labels" in used:
         s_rec["gt"] = dict(type="MethodInputs",
                            source="mmseg.models.segmentors.EncoderDecoder.loss")

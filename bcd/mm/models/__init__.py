@@ -1,0 +1,12 @@
+"""Backbones and heads of the paper's students that mmseg 1.2.2 lacks, registered in mmseg's MODELS.
+
+- ``ResNetV1c38`` (:mod:`.resnet38`): mmseg's ResNetV1c with bottleneck blocks (3, 3, 3, 3): PSPNet-38 of Table II;
+- ``EfficientNetB1`` (:mod:`.efficientnet`): MBConv + squeeze-excitation, width 1.0 / depth 1.1;
+- ``ESPNetC`` + ``ESPNetHead`` (:mod:`.espnet`): ESP modules (encoder) and ESPNet's decoder.
+
+Each is written from its original paper with mmcv's ``ConvModule`` and ``DropPath`` as the
+building blocks; docs/models.md lists the choices.
+"""
+from .efficientnet import EfficientNetB1, MBConv  # noqa: F401
+from .espnet import ESPModule, ESPNetC, ESPNetHead  # noqa: F401
+from .resnet38 import RESNET38_BLOCKS, ResNetV1c38  # noqa: F401

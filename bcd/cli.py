@@ -23,7 +23,11 @@ from bcd import params as P
 def _data(args) -> None:
     cfg = P.load_params(args.params)
     data = cfg["data"]
-    if data["dataset"] == "camvid":
+    from bcd.data import paper
+
+    if data["dataset"] in paper.DATASETS:  # checked where it lies, never downloaded or copied
+        root = paper.prepare(data["dataset"], data["root"], P.data_dir(cfg))
+    elif data["dataset"] == "camvid":
         from bcd.data.camvid import prepare
 
         root = prepare(data["camvid"]["source"], P.data_dir(cfg))
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    cmd("data", _data, "generate/prepare the dataset")
+    cmd("data", _data, "generate/prepare the dataset (the paper's datasets: check data.root)")
     cmd("teacher", _teacher, "train a teacher").add_argument("--teacher", required=True)
     p = cmd("train", _train, "train a student run for one seed")
     p.add_argument("--run", required=True)

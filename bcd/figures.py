@@ -127,6 +127,14 @@ def label_edges(labels) -> np.ndarray:
 
 def dataset_classes(data: Mapping[str, Any]) -> tuple[tuple[str, ...], list[list[int]]]:
     """Class names and palette of the params' dataset."""
+    from bcd.data.paper import DATASETS as PAPER
+
+    if data["dataset"] in PAPER:  # mmseg's own class names and palette
+        import bcd.mm  # noqa: F401
+        from mmseg.registry import DATASETS
+
+        meta = DATASETS.get(PAPER[data["dataset"]].mmseg_type).METAINFO
+        return tuple(meta["classes"]), [list(c) for c in meta["palette"]]
     if data["dataset"] == "camvid":
         from bcd.data.camvid import CLASSES, PALETTE
     else:

@@ -337,6 +337,7 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
             if have > most:
                 out.append((("data", key), f"crop {key} {have} is larger than the CamVid images "
                                            f"({SIZE[0]}x{SIZE[1]}, WxH)"))
+    out += _paper_data_errors(data)
     for name, table in tables.items():
         where = ("tables", name)
         if table["teacher"] not in teachers:
@@ -393,6 +394,26 @@ def describe_model(spec) -> str:
     if spec["arch"] in OWN_BACKBONE:
         return spec["arch"]
     return f"{spec['arch']} on {spec.get('backbone', 'resnet')}"
+
+
+def _paper_data_errors(data) -> list[tuple[tuple, str]]:
+    """``data.root`` is read by the paper's datasets only; their crop must fit the short side
+    the images are rescaled to (mmseg's scale, :mod:`bcd.data.paper`)."""
+    from bcd.data.paper import DATASETS as PAPER
+
+    ds = PAPER.get(data["dataset"])
+    if ds is None:
+        if "root" in data:
+            return [(("data", "root"), f"dataset {data['dataset']} does not read data.root (only "
+                                       f"{', '.join(PAPER)} do); remove it")]
+        return []
+    out, short = [], min(ds.scale)
+    for key, have in (("height", data["height"]), ("width", data.get("width") or data["height"])):
+        if have > short:
+            out.append((("data", key), f"crop {key} {have} is larger than the short side {short} "
+                                       f"that {ds.title} images are rescaled to (scale "
+                                       f"{ds.scale[0]}x{ds.scale[1]})"))
+    return out
 
 
 def _figures_errors(cfg) -> list[tuple[tuple, str]]:

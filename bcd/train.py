@@ -29,8 +29,14 @@ def _setup_threads() -> None:
 
 
 def require_dataset(cfg) -> Path:
-    """The prepared dataset folder, or a clear error saying how to make it."""
+    """The prepared dataset folder, or a clear error saying how to make it. The paper's datasets
+    stay at ``data.root``, checked as the data stage checks them (:mod:`bcd.data.paper`)."""
+    from bcd.data import paper
+
     root = P.data_dir(cfg)
+    if cfg["data"]["dataset"] in paper.DATASETS:
+        paper.check_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
+        return Path(cfg["data"]["root"])
     if cfg["data"]["dataset"] == "shapes":
         from bcd.data.synthetic import check_dataset
         check_dataset(root)

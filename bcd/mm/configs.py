@@ -265,12 +265,58 @@ def segmentor(spec: Mapping[str, Any], num_classes: int, crop_size, norm: str = 
 DATASET_TYPES = {"shapes": "BCDShapesDataset", "camvid": "BCDCamVidDataset"}
 
 
+def _paper(data: Mapping[str, Any]):
+    """The :data:`bcd.data.paper.DATASETS` record of the params' dataset, or None."""
+    from bcd.data.paper import DATASETS as PAPER
+
+    return PAPER.get(data["dataset"])
+
+
+def _paper_pipeline(ds, data: Mapping[str, Any], train: bool) -> list[dict]:
+    """mmseg's standard pipelines (``configs/_base_/datasets/{pascal_voc12_aug,cityscapes,ade20k,
+    coco-stuff10k}.py``) with the crop from the params; ``reduce_zero_label`` is set on the
+    dataset, which ``LoadAnnotations`` follows."""
+    if not train:  # annotations after Resize: labels are scored at the original size
+        return [dict(type="LoadImageFromFile"),
+                dict(type="Resize", scale=ds.scale, keep_ratio=True),
+                dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+    return [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
+            dict(type="RandomResize", scale=ds.scale, ratio_range=(0.5, 2.0), keep_ratio=True),
+            dict(type="RandomCrop", crop_size=crop_size(data), cat_max_ratio=0.75),
+            dict(type="RandomFlip", prob=0.5), dict(type="PhotoMetricDistortion"),
+            dict(type="PackSegInputs")]
+
+
+def _paper_dataset(ds, data: Mapping[str, Any], root, split: str, train: bool) -> dict:
+    if split not in ds.splits:
+        raise ValueError(f"{ds.title} has no {split!r} split (splits: {', '.join(ds.splits)})")
+    pipeline = _paper_pipeline(ds, data, train)
+    parts = []
+    for part in ds.splits[split]:
+        cfg = dict(_scope_="mmseg", type=ds.mmseg_type, data_root=str(root),
+                   data_prefix=dict(img_path=part.img_dir, seg_map_path=part.seg_dir),
+                   img_suffix=ds.img_suffix, seg_map_suffix=ds.seg_suffix,
+                   reduce_zero_label=ds.reduce_zero_label, pipeline=pipeline)
+        if part.ann_file is not None:
+            cfg["ann_file"] = part.ann_file
+        parts.append(cfg)
+    if len(parts) == 1:
+        return parts[0]
+    return dict(_scope_="mmseg", type="ConcatDataset", datasets=parts)  # VOC train + SBD aug
+
+
 def dataset(data: Mapping[str, Any], root: str | Path, split: str, train: bool) -> dict:
     """An mmseg dataset config for one split of the params' dataset.
 
     Training: (CamVid: random rescale 0.75-1.5 and a random crop of ``data.height x width``),
-    random flip. Evaluation: whole images.
+    random flip. Evaluation: whole images. The paper's datasets (:mod:`bcd.data.paper`): mmseg's
+    own dataset classes and standard pipelines (random rescale 0.5-2.0 of the dataset's scale,
+    crop with ``cat_max_ratio`` 0.75, flip, photometric distortion; evaluation rescaled to the
+    scale, keeping the aspect ratio).
     """
+    paper = _paper(data)
+    if paper is not None:
+        return _paper_dataset(paper, data, root, split, train)
     if data["dataset"] not in DATASET_TYPES:
         raise ValueError(f"unknown dataset {data['dataset']!r} (known: {sorted(DATASET_TYPES)})")
     pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
@@ -294,7 +340,11 @@ def dataset(data: Mapping[str, Any], root: str | Path, split: str, train: bool) 
 
 
 def eval_split(data: Mapping[str, Any]) -> str:
-    """The split the tables report: CamVid's test split (val is for checkpoint choice only)."""
+    """The split the tables report: CamVid's test split (val is for checkpoint choice only); the
+    paper's datasets: the split of its tables (COCO-Stuff 10K test, the others val)."""
+    paper = _paper(data)
+    if paper is not None:
+        return paper.eval_split
     if data["dataset"] == "camvid":
         return data["camvid"].get("eval_split", "test")
     return "val"
@@ -306,7 +356,8 @@ def crop_size(data: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def eval_size(data: Mapping[str, Any]) -> tuple[int, int]:
-    """``(H, W)`` of the evaluated images (where Params/FLOPs are counted)."""
+    """``(H, W)`` of the evaluated images (where Params/FLOPs are counted; the paper's datasets,
+    whose images vary in size: the training crop)."""
     if data["dataset"] == "camvid":
         from bcd.data.camvid import SIZE
 
@@ -314,7 +365,16 @@ def eval_size(data: Mapping[str, Any]) -> tuple[int, int]:
     return crop_size(data)
 
 
+def eval_batch_size(data: Mapping[str, Any]) -> int:
+    """Images per evaluation batch: 1 where image sizes vary (mmseg stacks a test batch
+    unpadded, so it must hold images of one size), else 8."""
+    return 1 if _paper(data) is not None else 8
+
+
 def num_classes(data: Mapping[str, Any]) -> int:
+    paper = _paper(data)
+    if paper is not None:
+        return paper.num_classes
     if data["dataset"] == "shapes":
         from bcd.data.synthetic import CLASSES
     elif data["dataset"] == "camvid":
@@ -475,7 +535,7 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         train_dataloader=dict(batch_size=int(train["batch_size"]), **loader,
                               sampler=dict(type="InfiniteSampler", shuffle=True),
                               dataset=dataset(data, data_root, "train", train=True)),
-        val_dataloader=dict(batch_size=8, **loader,
+        val_dataloader=dict(batch_size=eval_batch_size(data), **loader,
                             sampler=dict(type="DefaultSampler", shuffle=False),
                             dataset=dataset(data, data_root, "val", train=False)),
         val_evaluator=dict(type="mmseg.PerClassIoUMetric", iou_metrics=["mIoU"]),

@@ -12,6 +12,7 @@ rule teacher:
     benchmark:
         benchmark_file("teacher", "{teacher}")
     threads: 1  # both teachers train at once, then the student runs start on a free core
+    priority: 10  # the critical path: every distillation run waits for its teacher
     resources:
         mem_mb=4000,
     shell:

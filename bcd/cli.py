@@ -1,6 +1,6 @@
 """``python -m bcd <command>``: the stage commands, usable with or without the workflow.
 
-    python -m bcd data      --params params/default.yaml
+    python -m bcd data      --params params/default.yaml [--dataset KEY]
     python -m bcd teacher   --params params/default.yaml --teacher pspnet-r101
     python -m bcd train     --params params/default.yaml --run r18-bcd --seed 0
     python -m bcd evaluate  --params params/default.yaml --run r18-bcd --seed 0
@@ -22,20 +22,21 @@ from bcd import params as P
 
 def _data(args) -> None:
     cfg = P.load_params(args.params)
-    data = cfg["data"]
+    key = args.dataset  # None: the top-level `data`; else a key of `datasets`
+    data, out = P.data_section(cfg, key), P.data_dir(cfg, key)
     from bcd.data import paper
 
     if data["dataset"] in paper.DATASETS:  # checked where it lies, never downloaded or copied
-        root = paper.prepare(data["dataset"], data["root"], P.data_dir(cfg))
+        root = paper.prepare(data["dataset"], data["root"], out)
     elif data["dataset"] == "camvid":
         from bcd.data.camvid import prepare
 
-        root = prepare(data["camvid"]["source"], P.data_dir(cfg))
+        root = prepare(data["camvid"]["source"], out)
     else:
         from bcd.data.synthetic import generate
 
         gen = data["shapes"]
-        root = generate(P.data_dir(cfg), seed=gen["seed"], num_train=gen["num_train"],
+        root = generate(out, seed=gen["seed"], num_train=gen["num_train"],
                         num_val=gen["num_val"], height=data["height"], width=data.get("width"))
     print(f"dataset ready: {root}")
 
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    cmd("data", _data, "generate/prepare the dataset (the paper's datasets: check data.root)")
+    cmd("data", _data, "generate/prepare the dataset (the paper's datasets: check data.root)"
+        ).add_argument("--dataset", help="a key of the params' `datasets` (default: `data`)")
     cmd("teacher", _teacher, "train a teacher").add_argument("--teacher", required=True)
     p = cmd("train", _train, "train a student run for one seed")
     p.add_argument("--run", required=True)

@@ -56,7 +56,7 @@ def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
                                          "student", run)
         model_name, iters = spec["student"]["model_name"], spec["train"]["iters"]
     data = spec["data"]
-    root = require_dataset(cfg)
+    root = require_dataset(cfg, P.dataset_of(cfg, run=run, teacher=teacher))
     ckpt = Path(paths["model"])
     if not ckpt.is_file():
         raise FileNotFoundError(f"model weights {ckpt} are missing; run the "

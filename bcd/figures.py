@@ -571,7 +571,7 @@ def load_segmentor(cfg, model_spec: Mapping[str, Any], ckpt):
     from bcd.mm import configs
     from bcd.train import check_state_dict, load_weights
 
-    data = P.data_spec(cfg)
+    data = P.data_spec(cfg, P.figures_dataset(cfg))
     # a ConfigDict, as the Runner passes it (EncoderDecoder reads test_cfg.mode)
     model = MODELS.build(ConfigDict(configs.segmentor(model_spec, configs.num_classes(data),
                                                       configs.crop_size(data))))
@@ -614,9 +614,10 @@ def load_eval_samples(cfg) -> list[dict]:
     from bcd.mm import configs
     from bcd.train import require_dataset
 
-    data = P.data_spec(cfg)
-    dataset = DATASETS.build(configs.dataset(data, require_dataset(cfg), configs.eval_split(data),
-                                             train=False))
+    key = P.figures_dataset(cfg)
+    data = P.data_spec(cfg, key)
+    dataset = DATASETS.build(configs.dataset(data, require_dataset(cfg, key),
+                                             configs.eval_split(data), train=False))
     return [dataset[i] for i in range(len(dataset))]
 
 
@@ -731,7 +732,7 @@ def make_qualitative_and_boundary(cfg) -> list[Path]:
     table = cfg["tables"][fig_cfg["table"]]
     t_name, s_run, d_run = table["teacher"], fig_cfg["student"], fig_cfg["distilled"]
     names = _labels(cfg)
-    classes, palette = dataset_classes(P.data_spec(cfg))
+    classes, palette = dataset_classes(P.data_spec(cfg, P.figures_dataset(cfg)))
     samples = load_eval_samples(cfg)
     models = {
         "teacher": load_segmentor(cfg, P.resolve_teacher(cfg, t_name)["model"],

@@ -11,8 +11,15 @@ Validation rejects a bad file before any work starts, with the file and the key 
 
 Stage names (the same in ``dvc.yaml`` and in Snakemake's benchmark files)::
 
-    data, teacher-<teacher>, evaluate-teacher-<teacher>, train-<run>-seed<S>,
+    data, data-<dataset>, teacher-<teacher>, evaluate-teacher-<teacher>, train-<run>-seed<S>,
     evaluate-<run>-seed<S>, table-<table>, figures
+
+Several datasets in one matrix: the top-level ``data`` section is the dataset of every teacher
+and run without a ``dataset`` key (stage ``data``, folder ``paths.data``); an optional
+``datasets: {<key>: <a data section>}`` adds more, chosen with ``teachers.T.dataset`` /
+``runs.R.dataset: <key>`` (stage ``data-<key>``, folder ``{paths.data}/<key>``). A run
+distils on its teacher's dataset and a table's rows share its teacher's dataset
+(:func:`dataset_of`, :func:`table_dataset`).
 """
 from __future__ import annotations
 
@@ -299,10 +306,14 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
     runs, tables = cfg["runs"], cfg["tables"]
     for name, spec in models.items():
         out += _model_errors(name, spec)
+    datasets = cfg.get("datasets") or {}
     for name, spec in teachers.items():
         if spec["model"] not in models:
             out.append((("teachers", name, "model"),
                         f"unknown model {spec['model']!r} (models: {_known(models)})"))
+        if spec.get("dataset") is not None and spec["dataset"] not in datasets:
+            out.append((("teachers", name, "dataset"),
+                        f"unknown dataset {spec['dataset']!r} (datasets: {_known(datasets)})"))
     for name, spec in runs.items():
         where = ("runs", name)
         if name in RESERVED_RUN_NAMES:
@@ -328,16 +339,22 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
         if spec.get("weight_decay_schedule") and not distill:
             out.append((where + ("weight_decay_schedule",),
                         "the loss-weight decay r(t) needs distill methods"))
-    data = cfg["data"]
-    if data["dataset"] == "camvid":
-        from bcd.data.camvid import SIZE
-
-        for key, have, most in (("height", data["height"], SIZE[1]),
-                                ("width", data.get("width") or data["height"], SIZE[0])):
-            if have > most:
-                out.append((("data", key), f"crop {key} {have} is larger than the CamVid images "
-                                           f"({SIZE[0]}x{SIZE[1]}, WxH)"))
-    out += _paper_data_errors(data)
+        own = spec.get("dataset")
+        if own is not None and own not in datasets:
+            out.append((where + ("dataset",),
+                        f"unknown dataset {own!r} (datasets: {_known(datasets)})"))
+        elif teacher in teachers and teachers[teacher].get("dataset") in (None, *datasets):
+            theirs = teachers[teacher].get("dataset")
+            if theirs != own:
+                out.append((where + ("dataset",),
+                            f"run {name!r} trains on {_dataset_label(own)} but its teacher "
+                            f"{teacher!r} on {_dataset_label(theirs)}; a run is distilled on its "
+                            f"teacher's dataset: set runs.{name}.dataset to "
+                            f"{theirs if theirs is not None else '(nothing: the top-level data)'} "
+                            "or pick a teacher of that dataset"))
+    out += _data_section_errors(cfg["data"], ("data",))
+    for key, section in datasets.items():
+        out += _data_section_errors(section, ("datasets", key))
     for name, table in tables.items():
         where = ("tables", name)
         if table["teacher"] not in teachers:
@@ -355,9 +372,73 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
 
         for sub, message in _tables.paper_reference_errors(table):
             out.append((where + tuple(sub), message))
+        out += _table_dataset_errors(cfg, name)
     if "figures" in cfg:
         out += _figures_errors(cfg)
+    if not out:
+        out += _data_folder_errors(cfg)
     return out
+
+
+def _dataset_label(key) -> str:
+    return "the top-level data" if key is None else f"datasets.{key}"
+
+
+def _table_dataset_errors(cfg, name: str) -> list[tuple[tuple, str]]:
+    """A table's rows share one dataset and one teacher: its teacher's (the teacher row and the
+    gains compare runs on the same data, distilled from the same checkpoint)."""
+    table, runs, teachers = cfg["tables"][name], cfg["runs"], cfg["teachers"]
+    if table["teacher"] not in teachers:
+        return []
+    want = teachers[table["teacher"]].get("dataset")
+    out = []
+    for i, row in enumerate(table["rows"]):
+        spec = runs.get(row["run"])
+        if spec is None:
+            continue
+        where = ("tables", name, "rows", i, "run")
+        if spec.get("dataset") != want:
+            out.append((where, f"table {name!r} mixes datasets: row {i} (run {row['run']!r}) "
+                               f"trains on {_dataset_label(spec.get('dataset'))}, the table's "
+                               f"teacher {table['teacher']!r} on {_dataset_label(want)} (a "
+                               "table's rows share one dataset and teacher)"))
+        elif spec.get("teacher") not in (None, table["teacher"]):
+            out.append((where, f"table {name!r} mixes teachers: row {i} (run {row['run']!r}) is "
+                               f"distilled from {spec['teacher']!r}, the table's teacher is "
+                               f"{table['teacher']!r} (a table's rows share one dataset and "
+                               "teacher)"))
+    return out
+
+
+def _data_section_errors(data, where: tuple) -> list[tuple[tuple, str]]:
+    """Checks of one data section (``data`` or ``datasets.<key>``) the schema cannot express."""
+    out = []
+    if data["dataset"] == "camvid":
+        from bcd.data.camvid import SIZE
+
+        for key, have, most in (("height", data["height"], SIZE[1]),
+                                ("width", data.get("width") or data["height"], SIZE[0])):
+            if have > most:
+                out.append((where + (key,), f"crop {key} {have} is larger than the CamVid images "
+                                            f"({SIZE[0]}x{SIZE[1]}, WxH)"))
+    return out + _paper_data_errors(data, where)
+
+
+def _data_folder_errors(cfg) -> list[tuple[tuple, str]]:
+    """The top-level data stage writes ``paths.data``, the others ``{paths.data}/<key>``: both
+    at once would nest one stage's output in another's (refused by DVC and Snakemake)."""
+    used = datasets_used(cfg)
+    if None not in used or len(used) == 1:
+        return []
+    users = [f"runs.{r}" for r in runs_used(cfg) if cfg["runs"][r].get("dataset") is None]
+    users += [f"teachers.{t}" for t in teachers_used(cfg)
+              if cfg["teachers"][t].get("dataset") is None]
+    return [(("datasets",), f"the top-level data (its folder paths.data) and datasets "
+                            f"{', '.join(k for k in used if k is not None)} (folders "
+                            "{paths.data}/<key>) are both used: one data stage's folder would "
+                            f"hold the others'; give {', '.join(users[:4])}"
+                            f"{' ...' if len(users) > 4 else ''} a `dataset:` key, or move the "
+                            "top-level data into datasets")]
 
 
 #: heads that take a `backbone` key (the others have their own) and each one's backbone
@@ -396,7 +477,7 @@ def describe_model(spec) -> str:
     return f"{spec['arch']} on {spec.get('backbone', 'resnet')}"
 
 
-def _paper_data_errors(data) -> list[tuple[tuple, str]]:
+def _paper_data_errors(data, where: tuple = ("data",)) -> list[tuple[tuple, str]]:
     """``data.root`` is read by the paper's datasets only; their crop must fit the short side
     the images are rescaled to (mmseg's scale, :mod:`bcd.data.paper`)."""
     from bcd.data.paper import DATASETS as PAPER
@@ -404,13 +485,13 @@ def _paper_data_errors(data) -> list[tuple[tuple, str]]:
     ds = PAPER.get(data["dataset"])
     if ds is None:
         if "root" in data:
-            return [(("data", "root"), f"dataset {data['dataset']} does not read data.root (only "
-                                       f"{', '.join(PAPER)} do); remove it")]
+            return [(where + ("root",), f"dataset {data['dataset']} does not read data.root "
+                                        f"(only {', '.join(PAPER)} do); remove it")]
         return []
     out, short = [], min(ds.scale)
     for key, have in (("height", data["height"]), ("width", data.get("width") or data["height"])):
         if have > short:
-            out.append((("data", key), f"crop {key} {have} is larger than the short side {short} "
+            out.append((where + (key,), f"crop {key} {have} is larger than the short side {short} "
                                        f"that {ds.title} images are rescaled to (scale "
                                        f"{ds.scale[0]}x{ds.scale[1]})"))
     return out
@@ -471,8 +552,11 @@ def _checked(cfg: dict, layers) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Paths (relative to the repository root, the working directory of every stage)
 # ----------------------------------------------------------------------------------------------
-def data_dir(cfg) -> Path:
-    return Path(cfg["paths"]["data"])
+def data_dir(cfg, dataset: str | None = None) -> Path:
+    """The data stage's folder: ``paths.data`` for the top-level ``data``, ``{paths.data}/<key>``
+    for ``datasets.<key>``."""
+    root = Path(cfg["paths"]["data"])
+    return root if dataset is None else root / str(dataset)
 
 
 def _stage_files(folder: Path) -> dict:
@@ -550,7 +634,7 @@ def figures_inputs(cfg) -> dict:
     t, s, d = (teacher_paths(cfg, teacher), run_paths(cfg, fig["student"], seed),
                run_paths(cfg, fig["distilled"], seed))
     return {
-        "data": str(data_dir(cfg)),
+        "data": str(data_dir(cfg, figures_dataset(cfg))),
         "weights": [str(t["model"]), str(s["model"]), str(d["model"]), str(d["distill_heads"])],
         "metrics": [str(t["metrics"]), str(s["metrics"]), str(d["metrics"])],
         "train_logs": [str(run_paths(cfg, r, seed)["train_log"]) for r in figures_runs(cfg)],
@@ -591,17 +675,52 @@ def lookup(cfg, section: str, name: str) -> dict:
 DATASETS = ("shapes", "camvid")  # each has its own settings section under `data`
 
 
-def data_spec(cfg) -> dict:
+def data_section(cfg, dataset: str | None = None) -> dict:
+    """The data section of a dataset key: the top-level ``data`` (None) or ``datasets.<key>``."""
+    if dataset is None:
+        return cfg["data"]
+    return lookup(cfg, "datasets", dataset)
+
+
+def data_spec(cfg, dataset: str | None = None) -> dict:
     """The data settings a stage depends on: the shared keys and the chosen dataset's section
-    (the sections of other datasets are left out, so changing them reruns nothing)."""
-    data = cfg["data"]
+    (the sections of other datasets are left out, so changing them reruns nothing), of the
+    top-level ``data`` or of ``datasets.<dataset>``."""
+    data = data_section(cfg, dataset)
     return {k: copy.deepcopy(v) for k, v in data.items()
             if k not in DATASETS or k == data["dataset"]}
 
 
-def data_keys(cfg) -> list[str]:
+def data_keys(cfg, dataset: str | None = None) -> list[str]:
     """Key paths of :func:`data_spec` (a stage's DVC ``params``)."""
-    return [f"data.{k}" for k in data_spec(cfg)]
+    prefix = "data" if dataset is None else f"datasets.{dataset}"
+    return [f"{prefix}.{k}" for k in data_spec(cfg, dataset)]
+
+
+def dataset_of(cfg, *, run: str | None = None, teacher: str | None = None) -> str | None:
+    """The dataset key of a run or teacher (``dataset``; None = the top-level ``data``)."""
+    if teacher is not None:
+        return lookup(cfg, "teachers", teacher).get("dataset")
+    return lookup(cfg, "runs", run).get("dataset")
+
+
+def table_dataset(cfg, name: str) -> str | None:
+    """A table's dataset: its teacher's (every row shares it, checked by the validation)."""
+    return dataset_of(cfg, teacher=lookup(cfg, "tables", name)["teacher"])
+
+
+def figures_dataset(cfg) -> str | None:
+    """The figures' dataset: their table's (None without a figures section)."""
+    fig = cfg.get("figures")
+    return table_dataset(cfg, fig["table"]) if fig else None
+
+
+def datasets_used(cfg) -> list[str | None]:
+    """The dataset keys the built stages use: None (the top-level ``data``) first, then the
+    ``datasets`` keys in their order."""
+    used = {cfg["teachers"][t].get("dataset") for t in teachers_used(cfg)}
+    used |= {cfg["runs"][r].get("dataset") for r in runs_used(cfg)}
+    return [k for k in (None, *(cfg.get("datasets") or {})) if k in used]
 
 
 def resolve_teacher(cfg, name: str) -> dict:
@@ -614,7 +733,7 @@ def resolve_teacher(cfg, name: str) -> dict:
         "model": copy.deepcopy(lookup(cfg, "models", spec["model"])),
         "seed": spec["seed"],
         "train": copy.deepcopy(cfg["train"]["teacher"]),
-        "data": data_spec(cfg),
+        "data": data_spec(cfg, spec.get("dataset")),
     }
 
 
@@ -639,18 +758,17 @@ def resolve_run(cfg, run: str) -> dict:
         "methods": {m: copy.deepcopy(lookup(cfg, "methods", m)) for m in spec.get("distill", [])},
         "weight_decay_schedule": bool(spec.get("weight_decay_schedule", False)),
         "train": copy.deepcopy(cfg["train"]["student"]),
-        "data": data_spec(cfg),
+        "data": data_spec(cfg, spec.get("dataset")),
     }
 
 
 def resolve_evaluate(cfg, *, run: str | None = None, teacher: str | None = None) -> dict:
     """What an evaluation depends on besides the weights: the model spec and the data."""
     ev = copy.deepcopy(cfg.get("evaluation") or {})
+    data = data_spec(cfg, dataset_of(cfg, run=run, teacher=teacher))
     if teacher is not None:
-        return {"model": resolve_teacher(cfg, teacher)["model"], "data": data_spec(cfg),
-                "evaluation": ev}
-    return {"model": resolve_run(cfg, run)["student"]["model"], "data": data_spec(cfg),
-            "evaluation": ev}
+        return {"model": resolve_teacher(cfg, teacher)["model"], "data": data, "evaluation": ev}
+    return {"model": resolve_run(cfg, run)["student"]["model"], "data": data, "evaluation": ev}
 
 
 def resolve_table(cfg, name: str) -> dict:
@@ -666,7 +784,7 @@ def resolve_figures(cfg) -> dict:
     """What the figures depend on besides their input files: the resolved figures section, the
     data settings (split, palette) and BPKD's edge settings."""
     bpkd = bpkd_methods(cfg)
-    return {"figures": figures_spec(cfg), "data": data_spec(cfg),
+    return {"figures": figures_spec(cfg), "data": data_spec(cfg, figures_dataset(cfg)),
             "bpkd": copy.deepcopy(cfg["methods"][bpkd[0]]) if bpkd else None}
 
 
@@ -677,12 +795,13 @@ def _unique(keys: Iterable[str]) -> list[str]:
 def param_keys_for_teacher(cfg, name: str) -> list[str]:
     spec = lookup(cfg, "teachers", name)
     return _unique([f"teachers.{name}", f"models.{spec['model']}", "train.teacher",
-                    *data_keys(cfg)])
+                    *data_keys(cfg, spec.get("dataset"))])
 
 
 def param_keys_for_run(cfg, run: str) -> list[str]:
     spec = lookup(cfg, "runs", run)
-    keys = [f"runs.{run}", f"models.{spec['student']}", "train.student", *data_keys(cfg)]
+    keys = [f"runs.{run}", f"models.{spec['student']}", "train.student",
+            *data_keys(cfg, spec.get("dataset"))]
     if spec.get("teacher") is not None:
         keys += param_keys_for_teacher(cfg, spec["teacher"])
     keys += [f"methods.{m}" for m in spec.get("distill", [])]
@@ -691,9 +810,10 @@ def param_keys_for_run(cfg, run: str) -> list[str]:
 
 def param_keys_for_evaluate(cfg, *, run: str | None = None, teacher: str | None = None):
     ev = ["evaluation"] if "evaluation" in cfg else []
+    data = data_keys(cfg, dataset_of(cfg, run=run, teacher=teacher))
     if teacher is not None:
-        return [f"models.{lookup(cfg, 'teachers', teacher)['model']}", *data_keys(cfg), *ev]
-    return [f"models.{lookup(cfg, 'runs', run)['student']}", *data_keys(cfg), *ev]
+        return [f"models.{lookup(cfg, 'teachers', teacher)['model']}", *data, *ev]
+    return [f"models.{lookup(cfg, 'runs', run)['student']}", *data, *ev]
 
 
 def param_keys_for_table(cfg, name: str) -> list[str]:
@@ -702,7 +822,8 @@ def param_keys_for_table(cfg, name: str) -> list[str]:
 
 
 def param_keys_for_figures(cfg) -> list[str]:
-    return _unique(["figures", *data_keys(cfg), *[f"methods.{m}" for m in bpkd_methods(cfg)[:1]]])
+    return _unique(["figures", *data_keys(cfg, figures_dataset(cfg)),
+                    *[f"methods.{m}" for m in bpkd_methods(cfg)[:1]]])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -720,10 +841,12 @@ class Stage:
 
 
 def stage_name(kind: str, name: str | None = None, seed=None) -> str:
-    """``data``, ``teacher-T``, ``evaluate-teacher-T``, ``train-R-seedS``, ``evaluate-R-seedS``,
-    ``table-N``, ``figures``."""
-    if kind in ("data", "figures"):
+    """``data`` (the top-level data) or ``data-D`` (``datasets.D``), ``teacher-T``,
+    ``evaluate-teacher-T``, ``train-R-seedS``, ``evaluate-R-seedS``, ``table-N``, ``figures``."""
+    if kind == "figures" or (kind == "data" and name is None):
         return kind
+    if kind == "data":
+        return f"data-{name}"
     if kind in ("teacher", "evaluate-teacher", "table"):
         return f"{kind}-{name}"
     if kind in ("train", "evaluate"):
@@ -752,13 +875,20 @@ def teachers_used(cfg) -> list[str]:
 
 
 def stages(cfg) -> list[Stage]:
-    """Every stage: data, the teachers used, every run a table needs x seed, every table, and
-    the figures (when the params have a ``figures`` section, see :func:`figures_spec`)."""
-    data = str(data_dir(cfg))
-    out = [Stage("data", command(cfg, "data"), DATA_CODE, (data,),
-                 params=tuple(k for k in data_keys(cfg) if k not in ("data.height", "data.width")
-                              or cfg["data"]["dataset"] == "shapes"))]
+    """Every stage: the data of each dataset used, the teachers used, every run a table needs x
+    seed, every table, and the figures (when the params have a ``figures`` section, see
+    :func:`figures_spec`)."""
+    out = []
+    for ds in datasets_used(cfg):
+        args = () if ds is None else ("--dataset", ds)
+        crop = [f"{k}.{c}" for k in (["data"] if ds is None else [f"datasets.{ds}"])
+                for c in ("height", "width")]
+        shapes = data_section(cfg, ds)["dataset"] == "shapes"  # the crop is the image size
+        out.append(Stage(stage_name("data", ds), command(cfg, "data", *args), DATA_CODE,
+                         (str(data_dir(cfg, ds)),),
+                         params=tuple(k for k in data_keys(cfg, ds) if k not in crop or shapes)))
     for t in teachers_used(cfg):
+        data = str(data_dir(cfg, dataset_of(cfg, teacher=t)))
         p = teacher_paths(cfg, t)
         out.append(Stage(stage_name("teacher", t), command(cfg, "teacher", "--teacher", t),
                          (data, *TEACHER_CODE), (str(p["model"]), str(p["train_log"])),
@@ -769,6 +899,7 @@ def stages(cfg) -> list[Stage]:
                          params=tuple(param_keys_for_evaluate(cfg, teacher=t))))
     for run in runs_used(cfg):
         spec = cfg["runs"][run]
+        data = str(data_dir(cfg, spec.get("dataset")))
         teacher = spec.get("teacher")
         teacher_model = (str(teacher_paths(cfg, teacher)["model"]),) if teacher else ()
         for seed in cfg["seeds"]:
@@ -887,17 +1018,27 @@ def main_check(args) -> None:
     cfg = load_params(args.params)
     st = stages(cfg)
     print(f"params OK: {' + '.join(files_of(cfg))} (profile {cfg['profile']})")
-    print(f"  seeds {cfg['seeds']}; data {cfg['data']['dataset']} -> {data_dir(cfg)}")
+    several = cfg.get("datasets") is not None
+    print(f"  seeds {cfg['seeds']}")
+    for ds in datasets_used(cfg):
+        key = "data" if ds is None else f"datasets.{ds}"
+        print(f"  {key}: {data_section(cfg, ds)['dataset']} -> {data_dir(cfg, ds)}")
+
+    def on(ds) -> str:
+        return f" on {'data' if ds is None else ds}" if several else ""
+
     for t in teachers_used(cfg):
         spec = cfg["teachers"][t]
-        print(f"  teacher {t}: {spec['model']}, {cfg['train']['teacher']['iters']} iters")
+        print(f"  teacher {t}: {spec['model']}, {cfg['train']['teacher']['iters']} iters"
+              f"{on(spec.get('dataset'))}")
     for run, spec in cfg["runs"].items():
         kd = (f" <- {spec['teacher']} [{', '.join(spec['distill'])}"
               f"{' + r(t)' if spec.get('weight_decay_schedule') else ''}]"
               if spec.get("distill") else "")
-        print(f"  run {run}: {spec['student']}{kd}")
+        print(f"  run {run}: {spec['student']}{kd}{on(spec.get('dataset'))}")
     for name, table in cfg["tables"].items():
-        print(f"  table {name}: {len(table['rows'])} rows -> {table_paths(cfg, name)['csv']}")
+        print(f"  table {name}: {len(table['rows'])} rows{on(table_dataset(cfg, name))} -> "
+              f"{table_paths(cfg, name)['csv']}")
     fig = figures_spec(cfg)
     if fig is not None:
         print(f"  figures: {fig['student']} vs {fig['distilled']} (seed {fig['seed']}), "

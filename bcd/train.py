@@ -28,28 +28,29 @@ def _setup_threads() -> None:
         torch.set_num_threads(int(n))
 
 
-def require_dataset(cfg) -> Path:
-    """The prepared dataset folder, or a clear error saying how to make it. The paper's datasets
-    stay at ``data.root``, checked as the data stage checks them (:mod:`bcd.data.paper`)."""
+def require_dataset(cfg, dataset: str | None = None) -> Path:
+    """The prepared dataset folder of the top-level ``data`` (None) or ``datasets.<dataset>``, or
+    a clear error saying how to make it. The paper's datasets stay at ``root``, checked as the
+    data stage checks them (:mod:`bcd.data.paper`)."""
     from bcd.data import paper
 
-    root = P.data_dir(cfg)
-    if cfg["data"]["dataset"] in paper.DATASETS:
-        paper.check_dataset(cfg["data"]["dataset"], cfg["data"]["root"])
-        return Path(cfg["data"]["root"])
-    if cfg["data"]["dataset"] == "shapes":
+    root, data = P.data_dir(cfg, dataset), P.data_section(cfg, dataset)
+    make = (f"run `python -m bcd data --params {' --params '.join(map(str, P.files_of(cfg)))}"
+            f"{'' if dataset is None else f' --dataset {dataset}'}` first")
+    if data["dataset"] in paper.DATASETS:
+        paper.check_dataset(data["dataset"], data["root"])
+        return Path(data["root"])
+    if data["dataset"] == "shapes":
         from bcd.data.synthetic import check_dataset
         check_dataset(root)
-    elif cfg["data"]["dataset"] == "camvid":
+    elif data["dataset"] == "camvid":
         from bcd.data import camvid
         try:
             camvid.check_dataset(root)
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err}; run `python -m bcd data --params "
-                                    f"{' '.join(map(str, P.files_of(cfg)))}` first") from None
+            raise FileNotFoundError(f"{err}; {make}") from None
     elif not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} is missing; run `python -m bcd data "
-                                f"--params {' '.join(map(str, P.files_of(cfg)))}` first")
+        raise FileNotFoundError(f"dataset folder {root} is missing; {make}")
     return root
 
 
@@ -193,7 +194,7 @@ def train_teacher(cfg, name: str) -> Path:
     _setup_threads()
     spec = P.resolve_teacher(cfg, name)
     paths = P.teacher_paths(cfg, name)
-    root = require_dataset(cfg)
+    root = require_dataset(cfg, P.dataset_of(cfg, teacher=name))
     work = Path(paths["dir"]) / "work"
     compat.trust_checkpoint_root(work)
     made_from = provenance.record(kind="teacher", name=name, seed=spec["seed"], spec=spec)
@@ -217,7 +218,7 @@ def train_student(cfg, run: str, seed: int) -> Path:
     _setup_threads()
     spec = P.resolve_run(cfg, run)
     paths = P.run_paths(cfg, run, seed)
-    root = require_dataset(cfg)
+    root = require_dataset(cfg, P.dataset_of(cfg, run=run))
     teacher_ckpt, teacher_spec = None, None
     if spec["methods"]:
         teacher_ckpt = require_teacher(cfg, spec["teacher"]["name"])

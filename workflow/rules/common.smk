@@ -29,10 +29,11 @@ DATA = str(P.data_dir(CFG))
 
 
 def _any_of(names):
-    return "|".join(re.escape(str(n)) for n in names)
+    return "|".join(re.escape(str(n)) for n in names) or "(?!)"  # none: matches nothing
 
 
 wildcard_constraints:
+    dataset=_any_of(k for k in P.datasets_used(CFG) if k is not None),
     teacher=_any_of(P.teachers_used(CFG)),
     run=_any_of(CFG["runs"]),
     seed=_any_of(CFG["seeds"]),
@@ -61,6 +62,19 @@ def log_file(kind, *names):
     return str(P.log_path(CFG, P.stage_name(kind, *names)))
 
 
+def dataset_dir():
+    """The data stage folder of a `datasets` key (the top-level `data`'s is DATA)."""
+    return str(P.data_dir(CFG, "{dataset}"))
+
+
+def teacher_data(wildcards):
+    return str(P.data_dir(CFG, P.dataset_of(CFG, teacher=wildcards.teacher)))
+
+
+def run_data(wildcards):
+    return str(P.data_dir(CFG, P.dataset_of(CFG, run=wildcards.run)))
+
+
 def teacher_model(wildcards):
     teacher = CFG["runs"][wildcards.run].get("teacher")
     return [str(P.teacher_paths(CFG, teacher)["model"])] if teacher else []
@@ -77,7 +91,7 @@ def _canonical(value):
 
 
 def data_spec(wildcards):
-    return _canonical(P.data_spec(CFG))
+    return _canonical(P.data_spec(CFG, getattr(wildcards, "dataset", None)))
 
 
 def teacher_spec(wildcards):

@@ -13,3 +13,22 @@ rule data:
         mem_mb=1000,
     shell:
         "{PY} -m bcd data {PARAMS} > {log} 2>&1"
+
+
+# One more data stage per key of the params' `datasets` that a built stage uses (several
+# datasets in one matrix, e.g. params/paper.yaml): data-<key> -> {paths.data}/<key>.
+rule dataset:
+    input:
+        code=P.code_files(P.DATA_CODE),
+    output:
+        directory(dataset_dir()),
+    params:
+        spec=data_spec,  # rerun trigger
+    log:
+        log_file("data", "{dataset}"),
+    benchmark:
+        benchmark_file("data", "{dataset}")
+    resources:
+        mem_mb=1000,
+    shell:
+        "{PY} -m bcd data {PARAMS} --dataset {wildcards.dataset} > {log} 2>&1"

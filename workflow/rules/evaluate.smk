@@ -1,6 +1,6 @@
 rule evaluate_teacher:
     input:
-        data=DATA,
+        data=teacher_data,
         model=teacher_file("model"),
         code=P.code_files(P.EVALUATE_CODE),
     output:
@@ -20,7 +20,7 @@ rule evaluate_teacher:
 
 rule evaluate:
     input:
-        data=DATA,
+        data=run_data,
         model=run_file("model"),
         code=P.code_files(P.EVALUATE_CODE),
     output:

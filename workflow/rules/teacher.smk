@@ -1,6 +1,6 @@
 rule teacher:
     input:
-        data=DATA,
+        data=teacher_data,
         code=P.code_files(P.TEACHER_CODE),
     output:
         model=teacher_file("model"),

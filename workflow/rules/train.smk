@@ -1,6 +1,6 @@
 rule train:
     input:
-        data=DATA,
+        data=run_data,
         teacher=teacher_model,  # only for distillation runs
         code=P.code_files(P.TRAIN_CODE),
     output:

@@ -132,6 +132,33 @@ def test_micro_plan_matches_its_dvc_yaml(at_root, tmp_path):
     assert_same_stages(snakemake_plan("--configfile", "params/micro.yaml"), stages)
 
 
+def test_paper_plan_matches_its_dvc_yaml(at_root, tmp_path):
+    """The multi-dataset profile: one data stage per dataset, every table row's run x seed
+    planned, and the same stages as its dvc.yaml (written to a temporary file: the committed
+    dvc.yaml is the default profile's)."""
+    out = tmp_path / "dvc.yaml"
+    _run([sys.executable, "-m", "bcd", "dvc-yaml", "--params", "params/default.yaml",
+          "--params", "params/paper.yaml", "--out", str(out)])
+    stages = yaml.safe_load(out.read_text())["stages"]
+    plan = snakemake_plan("--configfile", "params/paper.yaml")
+    rules = [job["rule"] for job in plan.values()]
+    assert {r: rules.count(r) for r in set(rules)} == {
+        "dataset": 4, "teacher": 4, "evaluate_teacher": 4, "train": 243, "evaluate": 243,
+        "table": 9, "figures": 1}
+    cfg = P.load_params(["params/default.yaml", "params/paper.yaml"])
+    for name, table in cfg["tables"].items():
+        assert plan[f"table-{name}"]["rule"] == "table"
+        for row in table["rows"]:
+            for seed in cfg["seeds"]:
+                job = plan[f"train-{row['run']}-seed{seed}"]
+                dataset = cfg["runs"][row["run"]]["dataset"]
+                assert f"data/paper/checked/{dataset}" in job["input"].split(", "), job
+                assert plan[f"evaluate-{row['run']}-seed{seed}"]["rule"] == "evaluate"
+    for key in ("voc12aug", "cityscapes", "ade20k", "coco_stuff10k"):
+        assert plan[f"data-{key}"]["output"] == f"data/paper/checked/{key}"
+    assert_same_stages(plan, stages)
+
+
 def test_dvc_reads_the_same_stages():
     pytest.importorskip("dvc", reason="dvc is installed by tools/setup_env.sh")
     if not (ROOT / ".dvc").is_dir():

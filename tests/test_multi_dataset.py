@@ -220,8 +220,8 @@ def test_table_ii_rows_compare_each_student_with_its_own_plain_run(paper, table,
     assert df.iloc[0]["paper_miou"] == float(teacher[0]["value"])
     for rec, row in zip(df.iloc[1:].itertuples(), spec["rows"]):
         paper_row = [r for r in reference if r["table"] == "II"
-                     and r["dataset"] == spec["paper_dataset"] and r["method"] == row["paper_method"]
-                     and r["student"] == row["paper_student"]
+                     and r["dataset"] == spec["paper_dataset"]
+                     and r["method"] == row["paper_method"] and r["student"] == row["paper_student"]
                      and r["teacher"] == spec.get("paper_teacher", r["teacher"])]
         assert len(paper_row) == 1 and rec.paper_miou == float(paper_row[0]["value"])
         if row["paper_method"] == "+BCD":

@@ -11,8 +11,8 @@ rule teacher:
         log_file("teacher", "{teacher}"),
     benchmark:
         benchmark_file("teacher", "{teacher}")
-    threads: 2  # the teacher runs alone before the student runs
+    threads: rule_threads("teacher")
     resources:
-        mem_mb=4000,
+        **rule_resources("teacher"),
     shell:
         "{PY} -m bcd teacher {PARAMS} --teacher {wildcards.teacher} > {log} 2>&1"

@@ -7,7 +7,9 @@ registers bcd's modules so that any mmrazor/mmseg config can name them:
   ``HierarchicalFusion`` and ``SegDataSampleLabels`` (connectors);
 - mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
   ``DistillScalarsHook``, ``TrainLogHook``, ``RNGStateHook``; mmengine ``LOOPS``:
-  ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`);
+  ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`); for multi-process
+  runs (:mod:`bcd.mm.distributed`) ``SyncNormBuffersHook`` and the model wrapper
+  ``BCDDistributedDataParallel``;
 - mmseg ``DATASETS``: ``BCDShapesDataset``; mmseg ``METRICS``: ``PerClassIoUMetric``.
 
 In a user's own config: ``custom_imports = dict(imports=['bcd.mm'], allow_failed_imports=False)``.
@@ -26,3 +28,4 @@ from . import hooks  # noqa: E402,F401
 from . import resume  # noqa: E402,F401  (RNGStateHook, ResumableIterBasedTrainLoop)
 from . import metrics  # noqa: E402,F401
 from . import datasets  # noqa: E402,F401
+from . import distributed  # noqa: E402,F401  (DDP wrapper, SyncNormBuffersHook)

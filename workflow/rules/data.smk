@@ -9,7 +9,8 @@ rule data:
         log_file("data"),
     benchmark:
         benchmark_file("data")
+    threads: rule_threads("data")
     resources:
-        mem_mb=1000,
+        **rule_resources("data"),
     shell:
         "{PY} -m bcd data {PARAMS} > {log} 2>&1"

@@ -65,7 +65,8 @@ def _add_launcher(p) -> None:
 def _evaluate(args) -> None:
     from bcd.evaluate import evaluate
 
-    out = evaluate(P.load_params(args.params), run=args.run, seed=args.seed, teacher=args.teacher)
+    out = evaluate(P.load_params(args.params), run=args.run, seed=args.seed, teacher=args.teacher,
+                   recompute=args.recompute)
     print(f"{out['kind']} {out['name']} seed={out['seed']}: mIoU {out['mIoU']:.2f}")
 
 
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run")
     p.add_argument("--seed", type=int)
     p.add_argument("--teacher")
+    p.add_argument("--recompute", action="store_true",
+                   help="evaluate from scratch even when training's own evaluation of the same "
+                        "weights, settings and code is in the work dir")
     cmd("table", _table, "build a results table (CSV + LaTeX)").add_argument("--table",
                                                                                required=True)
     cmd("figures", _figures, "draw the figures (qualitative grid, boundary maps, training curves, "

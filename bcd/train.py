@@ -222,6 +222,8 @@ def train_teacher(cfg, name: str, launcher: str = "none") -> Path:
                      dict(kind="teacher", name=name, model=spec["model"], seed=spec["seed"],
                           iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1),
                           resumed=resume, processes=world, provenance=made_from))
+        del runner
+        _evaluate_now(cfg, teacher=name)
     distributed.barrier()
     return Path(paths["model"])
 
@@ -270,8 +272,22 @@ def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
     save_weights(distiller if distiller is not None else torch.nn.Module(),
                  paths["distill_heads"], dict(meta, kind="distill_heads"))
     save_weights(student, paths["model"], meta)
+    del runner, model, student, distiller
+    _evaluate_now(cfg, run=run, seed=seed)
     distributed.barrier()
     return Path(paths["model"])
+
+
+def _evaluate_now(cfg, **target) -> None:
+    """Evaluate the weights just written, for the evaluate stage to reuse (bcd.evaluate)."""
+    import gc
+
+    from bcd.evaluate import evaluate_after_training
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    evaluate_after_training(cfg, **target)
 
 
 def _check_teacher(teacher_spec, data, ckpt: Path) -> None:

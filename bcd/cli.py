@@ -3,6 +3,7 @@
     python -m bcd data      --params params/default.yaml [--dataset KEY]
     python -m bcd teacher   --params params/default.yaml --teacher pspnet-r101
     python -m bcd train     --params params/default.yaml --run r18-bcd --seed 0
+    torchrun --nproc_per_node 4 -m bcd -- train --launcher pytorch --params ... --run R --seed 0
     python -m bcd evaluate  --params params/default.yaml --run r18-bcd --seed 0
     python -m bcd evaluate  --params params/default.yaml --teacher pspnet-r101
     python -m bcd table     --params params/default.yaml --table table1
@@ -44,19 +45,29 @@ def _data(args) -> None:
 def _teacher(args) -> None:
     from bcd.train import train_teacher
 
-    print(f"teacher weights: {train_teacher(P.load_params(args.params), args.teacher)}")
+    path = train_teacher(P.load_params(args.params), args.teacher, launcher=args.launcher)
+    print(f"teacher weights: {path}")
 
 
 def _train(args) -> None:
     from bcd.train import train_student
 
-    print(f"student weights: {train_student(P.load_params(args.params), args.run, args.seed)}")
+    path = train_student(P.load_params(args.params), args.run, args.seed, launcher=args.launcher)
+    print(f"student weights: {path}")
+
+
+def _add_launcher(p) -> None:
+    p.add_argument("--launcher", choices=("none", "pytorch"), default="none",
+                   help="pytorch: one of N processes started by `torchrun --nproc_per_node N "
+                        "-m bcd -- ...` (gloo on CPU, NCCL on GPUs); train.*.batch_size is per "
+                        "process (per GPU). Default: a single process")
 
 
 def _evaluate(args) -> None:
     from bcd.evaluate import evaluate
 
-    out = evaluate(P.load_params(args.params), run=args.run, seed=args.seed, teacher=args.teacher)
+    out = evaluate(P.load_params(args.params), run=args.run, seed=args.seed, teacher=args.teacher,
+                   recompute=args.recompute)
     print(f"{out['kind']} {out['name']} seed={out['seed']}: mIoU {out['mIoU']:.2f}")
 
 
@@ -89,14 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("data", _data, "generate/prepare the dataset (the paper's datasets: check data.root)"
         ).add_argument("--dataset", help="a key of the params' `datasets` (default: `data`)")
-    cmd("teacher", _teacher, "train a teacher").add_argument("--teacher", required=True)
+    p = cmd("teacher", _teacher, "train a teacher")
+    p.add_argument("--teacher", required=True)
+    _add_launcher(p)
     p = cmd("train", _train, "train a student run for one seed")
     p.add_argument("--run", required=True)
     p.add_argument("--seed", type=int, required=True)
+    _add_launcher(p)
     p = cmd("evaluate", _evaluate, "evaluate a trained run or teacher -> metrics.json")
     p.add_argument("--run")
     p.add_argument("--seed", type=int)
     p.add_argument("--teacher")
+    p.add_argument("--recompute", action="store_true",
+                   help="evaluate from scratch even when training's own evaluation of the same "
+                        "weights, settings and code is in the work dir")
     cmd("table", _table, "build a results table (CSV + LaTeX)").add_argument("--table",
                                                                                required=True)
     cmd("figures", _figures, "draw the figures (qualitative grid, boundary maps, training curves, "

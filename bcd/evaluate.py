@@ -1,18 +1,32 @@
 """Stage command that evaluates a trained model: mIoU (mmseg's IoU metric through mmengine's test
-loop), per-class IoU, and inference Params/FLOPs (mmengine's complexity counter).
+loop), per-class IoU, Boundary/trimap IoU and connectivity (bcd.metrics), and inference
+Params/FLOPs (mmengine's complexity counter).
 
 Writes ``metrics.json`` atomically; the table stage reads nothing else.
+
+Training evaluates its model once more at the end, in its own process (:func:`evaluate_after_training`),
+and leaves the result in its work dir (``work/evaluation.json``) under a key made of everything
+the evaluation depends on: the weights' sha256, the evaluation spec (model, data, ``evaluation``
+settings: :func:`bcd.params.resolve_evaluate`) and the sha256 of every evaluation code file. The
+evaluate stage writes that result when the key matches, without importing torch or building a
+model (a Python start-up with mmseg costs ~10 s per run on 2 CPU cores, the evaluation itself
+~2 s); any difference, or ``--recompute``, evaluates from scratch. The metrics are the same
+either way: both paths run :func:`measure`.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from pathlib import Path
 
 from bcd import params as P
 from bcd.atomic import write_json_atomic
 from bcd.provenance import file_sha256
-from bcd.train import _setup_threads, check_state_dict, load_meta, load_weights, require_dataset
+
+_REPO = Path(__file__).resolve().parent.parent
+CACHE_NAME = "evaluation.json"  # in the run's (or teacher's) work dir, written by training
 
 
 def complexity(model_cfg: dict, input_shape) -> dict:
@@ -35,13 +49,8 @@ def quality_settings(cfg) -> dict:
             "trimap_widths": [int(w) for w in ev.get("trimap_widths", (1, 3, 5))]}
 
 
-def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
-             teacher: str | None = None) -> dict:
-    from mmengine.runner import Runner
-
-    from bcd.mm import configs
-
-    _setup_threads()
+def _target(cfg, run, seed, teacher):
+    """(paths, spec, model_spec, kind, name, model_name, iters) of what is evaluated."""
     if (run is None) == (teacher is None):
         raise ValueError("evaluate needs exactly one of --run (with --seed) or --teacher")
     if teacher is not None:
@@ -55,12 +64,87 @@ def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
         paths, model_spec, kind, name = (P.run_paths(cfg, run, seed), spec["student"]["model"],
                                          "student", run)
         model_name, iters = spec["student"]["model_name"], spec["train"]["iters"]
-    data = spec["data"]
-    root = require_dataset(cfg, P.dataset_of(cfg, run=run, teacher=teacher))
+    return paths, spec, model_spec, kind, name, model_name, iters
+
+
+def evaluation_key(cfg, ckpt, *, run: str | None = None, teacher: str | None = None) -> str:
+    """What an evaluation's result depends on: weights, evaluation spec, evaluation code."""
+    files = P.code_files([str(_REPO / f) for f in P.EVALUATE_CODE])
+    code = {str(Path(f).relative_to(_REPO)): file_sha256(f) for f in files}
+    blob = {"weights": file_sha256(ckpt), "spec": P.resolve_evaluate(cfg, run=run, teacher=teacher),
+            "code": code}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_file(paths) -> Path:
+    return Path(paths["dir"]) / "work" / CACHE_NAME
+
+
+def _weights(paths, teacher) -> Path:
     ckpt = Path(paths["model"])
     if not ckpt.is_file():
         raise FileNotFoundError(f"model weights {ckpt} are missing; run the "
                                 f"{'teacher' if teacher else 'train'} stage first")
+    return ckpt
+
+
+def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
+             teacher: str | None = None, recompute: bool = False) -> dict:
+    """Write the model's ``metrics.json``: training's own evaluation when its key matches,
+    else measured now (see the module docstring)."""
+    paths = _target(cfg, run, seed, teacher)[0]
+    ckpt = _weights(paths, teacher)
+    if not recompute:
+        try:
+            cached = json.loads(_cache_file(paths).read_text())
+        except (OSError, ValueError):
+            cached = None
+        if (isinstance(cached, dict) and isinstance(cached.get("metrics"), dict)
+                and cached.get("key") == evaluation_key(cfg, ckpt, run=run, teacher=teacher)):
+            out = dict(cached["metrics"], evaluated="at the end of training (same weights, "
+                                                    "evaluation settings and code)")
+            write_json_atomic(paths["metrics"], out)
+            return out
+    out = measure(cfg, run=run, seed=seed, teacher=teacher)
+    write_json_atomic(paths["metrics"], out)
+    return out
+
+
+def evaluate_after_training(cfg, *, run: str | None = None, seed: int | None = None,
+                            teacher: str | None = None) -> None:
+    """Evaluate a model its training just wrote and keep the result for the evaluate stage.
+
+    A failure here only costs the shortcut: it is reported, and the evaluate stage evaluates
+    from scratch (and raises there, where the stage's log shows it).
+    """
+    paths = _target(cfg, run, seed, teacher)[0]
+    cache = _cache_file(paths)
+    cache.unlink(missing_ok=True)
+    try:
+        ckpt = _weights(paths, teacher)
+        key = evaluation_key(cfg, ckpt, run=run, teacher=teacher)
+        out = measure(cfg, run=run, seed=seed, teacher=teacher)
+    except Exception as err:  # noqa: BLE001  (reported; the evaluate stage retries)
+        print(f"bcd: evaluation at the end of training failed ({type(err).__name__}: {err}); "
+              "the evaluate stage will evaluate from scratch")
+        return
+    write_json_atomic(cache, {"key": key, "metrics": out})
+
+
+def measure(cfg, *, run: str | None = None, seed: int | None = None,
+            teacher: str | None = None) -> dict:
+    """Evaluate the model's weights on the evaluation split: the metrics dict."""
+    from mmengine.runner import Runner
+
+    from bcd.mm import configs
+    from bcd.train import (_setup_threads, check_state_dict, load_meta, load_weights,
+                           require_dataset)
+
+    _setup_threads()
+    paths, spec, model_spec, kind, name, model_name, iters = _target(cfg, run, seed, teacher)
+    data = spec["data"]
+    root = require_dataset(cfg, P.dataset_of(cfg, run=run, teacher=teacher))
+    ckpt = _weights(paths, teacher)
     crop = configs.crop_size(data)
     split, size = configs.eval_split(data), configs.eval_size(data)
     model_cfg = configs.segmentor(model_spec, configs.num_classes(data), crop)
@@ -105,5 +189,4 @@ def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
         "weights_sha256": file_sha256(ckpt),
         "provenance": load_meta(ckpt).get("provenance"),
     }
-    write_json_atomic(paths["metrics"], out)
     return out

@@ -827,6 +827,39 @@ def param_keys_for_figures(cfg) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Resources of the workflow's jobs (params `resources`; Snakemake `threads:` / `resources:`)
+# ----------------------------------------------------------------------------------------------
+#: Kinds of jobs with their own `resources.<kind>` (Snakemake rules: `evaluate_teacher` is
+#: an `evaluate`).
+RESOURCE_KINDS = ("data", "teacher", "train", "evaluate", "table", "figures")
+#: Optional fields passed to Snakemake (and the SLURM plugin) under the same name.
+_SLURM_FIELDS = ("slurm_partition", "slurm_account", "slurm_extra")
+
+
+def rule_threads(cfg, kind: str) -> int:
+    """Snakemake ``threads:`` of a kind of job (``resources.<kind>.threads``)."""
+    return int(lookup(cfg, "resources", kind)["threads"])
+
+
+def rule_resources(cfg, kind: str) -> dict:
+    """Snakemake ``resources:`` of a kind of job, from ``resources.<kind>``.
+
+    Names are those of Snakemake and snakemake-executor-plugin-slurm: ``mem_mb`` (--mem),
+    ``runtime`` in minutes (-t), ``cpus_per_task`` = threads (--cpus-per-task; explicit, so a
+    dry run shows what SLURM gets although it caps ``threads`` at --cores), ``gpu`` (--gpus;
+    only when > 0) and the optional ``slurm_partition`` (-p), ``slurm_account`` (-A) and
+    ``slurm_extra``. Not part of any stage's spec: changing them reruns nothing.
+    """
+    spec = lookup(cfg, "resources", kind)
+    out = {"mem_mb": int(spec["mem_mb"]), "runtime": int(spec["runtime"]),
+           "cpus_per_task": int(spec["threads"])}
+    if spec["gpus"]:
+        out["gpu"] = int(spec["gpus"])
+    out.update({k: spec[k] for k in _SLURM_FIELDS if k in spec})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Stages: the DAG shared by the Snakefile and dvc.yaml
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

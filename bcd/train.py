@@ -2,6 +2,10 @@
 
 Both go through mmengine's Runner with mmseg models and datasets; distillation runs use mmrazor's
 ``SingleTeacherDistill`` + ``ConfigurableDistiller`` configured by :mod:`bcd.mm.configs`.
+
+``launcher='pytorch'`` (``--launcher pytorch`` under ``torchrun --nproc_per_node N``) trains with
+N processes (:mod:`bcd.mm.distributed`): each reads its own shard of the data with the params'
+batch size (per process / per GPU, as in mmseg), and only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -155,6 +159,14 @@ def _checkpoints(work: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.stem[5:]))
 
 
+def _prepare_work_dir_once(work: Path, fingerprint: Mapping[str, Any]) -> bool:
+    """:func:`prepare_work_dir` on rank 0; every rank gets its answer (one process: the same)."""
+    from bcd.mm import distributed
+
+    resume = prepare_work_dir(work, fingerprint) if distributed.is_main() else None
+    return bool(distributed.broadcast(resume))
+
+
 def prepare_work_dir(work: Path, fingerprint: Mapping[str, Any]) -> bool:
     """Make ``work`` ready for a run; True when it holds a checkpoint of the same run to resume.
 
@@ -187,35 +199,42 @@ def prepare_work_dir(work: Path, fingerprint: Mapping[str, Any]) -> bool:
     return False
 
 
-def train_teacher(cfg, name: str) -> Path:
+def train_teacher(cfg, name: str, launcher: str = "none") -> Path:
     """Fine-tune (here: train from scratch) one teacher; write its weights and training log."""
-    from bcd.mm import compat, configs
+    from bcd.mm import compat, configs, distributed
 
     _setup_threads()
+    _, world = distributed.init(launcher)
     spec = P.resolve_teacher(cfg, name)
     paths = P.teacher_paths(cfg, name)
     root = require_dataset(cfg, P.dataset_of(cfg, teacher=name))
     work = Path(paths["dir"]) / "work"
     compat.trust_checkpoint_root(work)
     made_from = provenance.record(kind="teacher", name=name, seed=spec["seed"], spec=spec)
-    resume = prepare_work_dir(work, _fingerprint(made_from))
+    resume = _prepare_work_dir_once(work, _fingerprint(made_from))
     t0 = time.time()
     config = configs.teacher_config(spec=spec["model"], data=spec["data"], data_root=root,
                                     train=spec["train"], work_dir=work, seed=spec["seed"],
-                                    log_file=paths["train_log"], resume=resume)
+                                    log_file=paths["train_log"], resume=resume,
+                                    launcher=launcher)
     runner = _run(config)
-    save_weights(runner.model, paths["model"],
-                 dict(kind="teacher", name=name, model=spec["model"], seed=spec["seed"],
-                      iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1),
-                      resumed=resume, provenance=made_from))
+    if distributed.is_main():
+        save_weights(distributed.unwrap(runner.model), paths["model"],
+                     dict(kind="teacher", name=name, model=spec["model"], seed=spec["seed"],
+                          iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1),
+                          resumed=resume, processes=world, provenance=made_from))
+        del runner
+        _evaluate_now(cfg, teacher=name)
+    distributed.barrier()
     return Path(paths["model"])
 
 
-def train_student(cfg, run: str, seed: int) -> Path:
+def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
     """Train one student run (plain, or distilled from its teacher) for one seed."""
-    from bcd.mm import compat, configs
+    from bcd.mm import compat, configs, distributed
 
     _setup_threads()
+    _, world = distributed.init(launcher)
     spec = P.resolve_run(cfg, run)
     paths = P.run_paths(cfg, run, seed)
     root = require_dataset(cfg, P.dataset_of(cfg, run=run))
@@ -228,21 +247,25 @@ def train_student(cfg, run: str, seed: int) -> Path:
     compat.trust_checkpoint_root(work)
     made_from = provenance.record(kind="student", name=run, seed=seed, spec=spec,
                                   teacher_ckpt=teacher_ckpt)
-    resume = prepare_work_dir(work, _fingerprint(made_from))
+    resume = _prepare_work_dir_once(work, _fingerprint(made_from))
     t0 = time.time()
     config = configs.distill_config(
         student_spec=spec["student"]["model"], teacher_spec=teacher_spec,
         teacher_ckpt=teacher_ckpt, methods=spec["methods"],
         decay_schedule=spec["weight_decay_schedule"], data=spec["data"], data_root=root,
         train=spec["train"], work_dir=work, seed=seed, log_file=paths["train_log"],
-        resume=resume)
+        resume=resume, launcher=launcher)
     runner = _run(config)
-    model = runner.model
+    if not distributed.is_main():  # rank 0 writes the outputs (every rank holds the same model)
+        distributed.barrier()
+        return Path(paths["model"])
+    model = distributed.unwrap(runner.model)
     student = model.student if hasattr(model, "student") else model
     meta = dict(kind="student", run=run, seed=seed, model=spec["student"]["model"],
                 methods=sorted(spec["methods"]), iters=spec["train"]["iters"],
                 teacher=spec["teacher"]["name"] if spec["methods"] else None,
-                seconds=round(time.time() - t0, 1), resumed=resume, provenance=made_from)
+                seconds=round(time.time() - t0, 1), resumed=resume, processes=world,
+                provenance=made_from)
     # The distiller's own weights (connectors, loss heads such as BD's boundary convs, the
     # temperatures): not part of the student, needed by the boundary figure (bcd.figures).
     # A run without distillation writes an empty state dict, so every run has the same outputs.
@@ -250,7 +273,22 @@ def train_student(cfg, run: str, seed: int) -> Path:
     save_weights(distiller if distiller is not None else torch.nn.Module(),
                  paths["distill_heads"], dict(meta, kind="distill_heads"))
     save_weights(student, paths["model"], meta)
+    del runner, model, student, distiller
+    _evaluate_now(cfg, run=run, seed=seed)
+    distributed.barrier()
     return Path(paths["model"])
+
+
+def _evaluate_now(cfg, **target) -> None:
+    """Evaluate the weights just written, for the evaluate stage to reuse (bcd.evaluate)."""
+    import gc
+
+    from bcd.evaluate import evaluate_after_training
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    evaluate_after_training(cfg, **target)
 
 
 def _check_teacher(teacher_spec, data, ckpt: Path) -> None:

@@ -157,3 +157,28 @@ def test_wrong_teacher_checkpoint_is_refused(project, tmp_path):
                  "--run", "r18-bcd", "--seed", "0"], cwd=project, check=False)
     assert proc.returncode != 0
     assert "does not fit the model's architecture" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_evaluate_stage_reuses_trainings_own_evaluation(project, tmp_path):
+    """The evaluate stage writes training's end-of-run evaluation only when weights, settings and
+    code all match: the same numbers as evaluating from scratch; anything else is re-measured."""
+    run_dir = project / "runs/micro/r18-bcd/seed0"
+    reused = json.loads((run_dir / "metrics.json").read_text())
+    assert reused["evaluated"].startswith("at the end of training")
+    args = [sys.executable, "-m", "bcd", "evaluate", *MICRO, "--run", "r18-bcd", "--seed", "0"]
+    _run(args + ["--recompute"], cwd=project)
+    fresh = json.loads((run_dir / "metrics.json").read_text())
+    assert "evaluated" not in fresh
+    skip = {"evaluated", "eval_seconds"}
+    assert {k: v for k, v in reused.items() if k not in skip} == \
+        {k: v for k, v in fresh.items() if k not in skip}
+    # other evaluation settings: the key differs, the stage measures again with them
+    overlay = tmp_path / "widths.yaml"
+    overlay.write_text("evaluation: {trimap_widths: [3]}\n")
+    _run(args + ["--params", str(overlay)], cwd=project)
+    other = json.loads((run_dir / "metrics.json").read_text())
+    assert "evaluated" not in other and "mTrimapIoU@3" in other and "mTrimapIoU@1" not in other
+    # a damaged cache file is not trusted
+    (run_dir / "work/evaluation.json").write_text("{not json")
+    _run(args, cwd=project)
+    assert "evaluated" not in json.loads((run_dir / "metrics.json").read_text())

@@ -7,7 +7,9 @@ registers bcd's modules so that any mmrazor/mmseg config can name them:
   ``HierarchicalFusion`` and ``SegDataSampleLabels`` (connectors);
 - mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
   ``DistillScalarsHook``, ``TrainLogHook``, ``RNGStateHook``; mmengine ``LOOPS``:
-  ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`);
+  ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`); for multi-process
+  runs (:mod:`bcd.mm.distributed`) ``SyncNormBuffersHook`` and the model wrapper
+  ``BCDDistributedDataParallel``;
 - mmseg ``DATASETS``: ``BCDShapesDataset``; mmseg ``METRICS``: ``PerClassIoUMetric``;
 - mmseg ``MODELS``: ``ResNetV1c38``, ``EfficientNetB1``, ``ESPNetC``, ``ESPNetHead`` (:mod:`bcd.mm.models`).
 
@@ -28,3 +30,4 @@ from . import resume  # noqa: E402,F401  (RNGStateHook, ResumableIterBasedTrainL
 from . import metrics  # noqa: E402,F401
 from . import datasets  # noqa: E402,F401
 from . import models  # noqa: E402,F401  (ResNetV1c38, EfficientNetB1, ESPNetC, ESPNetHead)
+from . import distributed  # noqa: E402,F401  (DDP wrapper, SyncNormBuffersHook)

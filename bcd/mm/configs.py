@@ -12,6 +12,8 @@ from typing import Any, Callable, Mapping
 
 from mmengine.config import Config
 
+from bcd.mm import distributed
+
 FUSED_CHANNELS = 256  # Sec. IV-A: the concatenated features have 256 channels
 
 # ----------------------------------------------------------------------------------------------
@@ -521,8 +523,12 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
 # ----------------------------------------------------------------------------------------------
 def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Mapping[str, Any],
                   work_dir, seed: int, log_file, scope: str, extra_hooks=(),
-                  resume: bool = False) -> Config:
-    """A complete mmengine Runner config: SGD + poly LR (Sec. V-B), IoU on the val split."""
+                  resume: bool = False, launcher: str = "none") -> Config:
+    """A complete mmengine Runner config: SGD + poly LR (Sec. V-B), IoU on the val split.
+
+    ``launcher='pytorch'``: one process per GPU (or CPU share) started by torchrun
+    (:mod:`bcd.mm.distributed`); ``train['batch_size']`` is per process, as in mmseg.
+    """
     iters = int(train["iters"])
     val_interval = int(train.get("val_interval") or iters)
     ckpt_interval = int(train.get("checkpoint_interval") or val_interval)
@@ -561,7 +567,7 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         custom_hooks=[dict(type="NonFiniteLossHook"), dict(type="RNGStateHook"),
                       dict(type="TrainLogHook", out_file=str(log_file),
                            interval=max(1, iters // 100)), *extra_hooks],
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
+        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend=distributed.backend())),
         randomness=dict(seed=seed),
         resume=bool(resume),  # from work_dir/last_checkpoint (bcd.train decides when)
         log_level="WARNING",
@@ -570,28 +576,46 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         visualizer=dict(type="mmseg.SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")],
                         name="visualizer"),
     )
+    if launcher != "none":
+        _distributed(cfg, launcher)
     # yapf-formatting the dumped config costs ~2 s per dump (4 dumps per run) at no use here
     return Config(cfg, format_python_code=False)
 
 
+def _distributed(cfg: dict, launcher: str) -> None:
+    """Multi-process settings (bcd.mm.distributed): DDP, SyncBN on GPUs or BN statistics
+    averaged over the ranks on CPU, a different augmentation seed per rank (the sampler's seed
+    is shared, so the ranks' shards stay disjoint)."""
+    import torch
+
+    cfg["launcher"] = launcher
+    cfg["model_wrapper_cfg"] = dict(type="BCDDistributedDataParallel", broadcast_buffers=False,
+                                    find_unused_parameters=True)
+    cfg["randomness"]["diff_rank_seed"] = True
+    if torch.cuda.is_available():
+        cfg["sync_bn"] = "torch"
+    else:
+        cfg["custom_hooks"].append(dict(type="SyncNormBuffersHook"))
+
+
 def teacher_config(*, spec, data, data_root, train, work_dir, seed, log_file,
-                   resume: bool = False) -> Config:
+                   resume: bool = False, launcher: str = "none") -> Config:
     model = segmentor(spec, num_classes(data), crop_size(data))
     return runner_config(model=model, data=data, data_root=data_root, train=train,
                          work_dir=work_dir, seed=seed, log_file=log_file, scope="mmseg",
-                         resume=resume)
+                         resume=resume, launcher=launcher)
 
 
 def distill_config(*, student_spec, teacher_spec, teacher_ckpt, methods, decay_schedule: bool,
                    data, data_root, train, work_dir, seed, log_file,
-                   resume: bool = False) -> Config:
+                   resume: bool = False, launcher: str = "none") -> Config:
     """Student run: plain mmseg training when ``methods`` is empty, else mmrazor distillation."""
     nc, crop = num_classes(data), crop_size(data)
     student = segmentor(student_spec, nc, crop)
     if not methods:
         return runner_config(model=student, data=data, data_root=data_root, train=train,
                              work_dir=work_dir, seed=seed, log_file=log_file, scope="mmseg",
-                             resume=resume)
+                             resume=resume, launcher=launcher)
     teacher = segmentor(teacher_spec, nc, crop)
     model = dict(
         _scope_="mmrazor",
@@ -609,4 +633,4 @@ def distill_config(*, student_spec, teacher_spec, teacher_ckpt, methods, decay_s
         hooks.append(dict(type="DistillLossDecayHook", loss_names=decayed))
     return runner_config(model=model, data=data, data_root=data_root, train=train,
                          work_dir=work_dir, seed=seed, log_file=log_file, scope="mmrazor",
-                         extra_hooks=hooks, resume=resume)
+                         extra_hooks=hooks, resume=resume, launcher=launcher)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
@@ -163,4 +164,5 @@ class TrainLogHook(Hook):
         self.train, self.val = list(saved.get("train", [])), list(saved.get("val", []))
 
     def after_run(self, runner) -> None:
-        write_json_atomic(self.out_file, {"train": self.train, "val": self.val})
+        if is_main_process():  # multi-process runs: rank 0 writes (every rank logs the same)
+            write_json_atomic(self.out_file, {"train": self.train, "val": self.val})

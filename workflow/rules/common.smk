@@ -28,6 +28,16 @@ PARAMS = " ".join(f"--params {shlex.quote(f)}" for f in P.files_of(CFG))
 DATA = str(P.data_dir(CFG))
 
 
+def rule_threads(kind):
+    """`threads:` of a kind of job (params resources.<kind>.threads)."""
+    return P.rule_threads(CFG, kind)
+
+
+def rule_resources(kind):
+    """`resources:` of a kind of job (params resources.<kind>; bcd.params.rule_resources)."""
+    return P.rule_resources(CFG, kind)
+
+
 def _any_of(names):
     return "|".join(re.escape(str(n)) for n in names) or "(?!)"  # none: matches nothing
 

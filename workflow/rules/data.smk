@@ -9,8 +9,9 @@ rule data:
         log_file("data"),
     benchmark:
         benchmark_file("data")
+    threads: rule_threads("data")
     resources:
-        mem_mb=1000,
+        **rule_resources("data"),
     shell:
         "{PY} -m bcd data {PARAMS} > {log} 2>&1"
 
@@ -28,7 +29,8 @@ rule dataset:
         log_file("data", "{dataset}"),
     benchmark:
         benchmark_file("data", "{dataset}")
+    threads: rule_threads("data")
     resources:
-        mem_mb=1000,
+        **rule_resources("data"),
     shell:
         "{PY} -m bcd data {PARAMS} --dataset {wildcards.dataset} > {log} 2>&1"

@@ -11,9 +11,9 @@ rule evaluate_teacher:
         log_file("evaluate-teacher", "{teacher}"),
     benchmark:
         benchmark_file("evaluate-teacher", "{teacher}")
-    threads: 1
+    threads: rule_threads("evaluate")
     resources:
-        mem_mb=2000,
+        **rule_resources("evaluate"),
     shell:
         "{PY} -m bcd evaluate {PARAMS} --teacher {wildcards.teacher} > {log} 2>&1"
 
@@ -31,8 +31,8 @@ rule evaluate:
         log_file("evaluate", "{run}", "{seed}"),
     benchmark:
         benchmark_file("evaluate", "{run}", "{seed}")
-    threads: 1
+    threads: rule_threads("evaluate")
     resources:
-        mem_mb=2000,
+        **rule_resources("evaluate"),
     shell:
         "{PY} -m bcd evaluate {PARAMS} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"

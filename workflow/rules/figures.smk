@@ -20,8 +20,8 @@ if FIGURES:
             log_file("figures"),
         benchmark:
             benchmark_file("figures")
-        threads: 1
+        threads: rule_threads("figures")
         resources:
-            mem_mb=2000,
+            **rule_resources("figures"),
         shell:
             "{PY} -m bcd figures {PARAMS} > {log} 2>&1"

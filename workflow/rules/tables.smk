@@ -11,7 +11,8 @@ rule table:
         log_file("table", "{table}"),
     benchmark:
         benchmark_file("table", "{table}")
+    threads: rule_threads("table")
     resources:
-        mem_mb=1000,
+        **rule_resources("table"),
     shell:
         "{PY} -m bcd table {PARAMS} --table {wildcards.table} > {log} 2>&1"

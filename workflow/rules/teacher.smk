@@ -11,9 +11,9 @@ rule teacher:
         log_file("teacher", "{teacher}"),
     benchmark:
         benchmark_file("teacher", "{teacher}")
-    threads: 1  # both teachers train at once, then the student runs start on a free core
+    threads: rule_threads("teacher")
     priority: 10  # the critical path: every distillation run waits for its teacher
     resources:
-        mem_mb=4000,
+        **rule_resources("teacher"),
     shell:
         "{PY} -m bcd teacher {PARAMS} --teacher {wildcards.teacher} > {log} 2>&1"

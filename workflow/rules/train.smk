@@ -13,8 +13,8 @@ rule train:
         log_file("train", "{run}", "{seed}"),
     benchmark:
         benchmark_file("train", "{run}", "{seed}")
-    threads: 1
+    threads: rule_threads("train")
     resources:
-        mem_mb=4000,
+        **rule_resources("train"),
     shell:
         "{PY} -m bcd train {PARAMS} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"

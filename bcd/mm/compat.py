@@ -1,7 +1,7 @@
 """Compatibility layer for the OpenMMLab stack on torch 2.13 (the one place for such patches).
 
 The OpenMMLab packages are no longer released, so the project pins mmcv 2.1.0, mmengine 0.10.7,
-mmsegmentation 1.2.2 and mmrazor 1.0.0 and patches three incompatibilities here. Each patch is
+mmsegmentation 1.2.2 and mmrazor 1.0.0 and patches their incompatibilities here. Each patch is
 idempotent and has a test (``tests/test_compat.py``) that fails without it.
 
 1. ``import mmrazor.models`` fails on torch >= 2.x: ``torch.ao.quantization.fuser_method_mappings``

@@ -224,7 +224,8 @@ def train_teacher(cfg, name: str, launcher: str = "none") -> Path:
                           iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1),
                           resumed=resume, processes=world, provenance=made_from))
         del runner
-        _evaluate_now(cfg, teacher=name)
+        if world == 1:  # one process: evaluation collectives would wait for the other ranks
+            _evaluate_now(cfg, teacher=name)
     distributed.barrier()
     return Path(paths["model"])
 
@@ -274,7 +275,8 @@ def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
                  paths["distill_heads"], dict(meta, kind="distill_heads"))
     save_weights(student, paths["model"], meta)
     del runner, model, student, distiller
-    _evaluate_now(cfg, run=run, seed=seed)
+    if world == 1:  # several processes: the evaluate stage evaluates (in one process)
+        _evaluate_now(cfg, run=run, seed=seed)
     distributed.barrier()
     return Path(paths["model"])
 

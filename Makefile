@@ -19,7 +19,7 @@ reproduce: env
 reproduce-all: reproduce  # the former name
 
 reproduce-ablation: env
-	$(VENV)/bin/snakemake --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),) ablation
+	$(VENV)/bin/snakemake ablation --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)  # target first: --configfile takes several files
 
 test: env
 	$(PY) -m pytest -q -p no:cacheprovider

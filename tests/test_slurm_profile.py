@@ -94,8 +94,9 @@ def test_profile_plans_every_job_with_the_default_resources():
     jobs = planned_jobs(dry_run("--configfile", "params/micro.yaml"))
     check_plan(jobs, cfg)
     by_rule = {j["rule"]: j["resources"] for j in jobs}
-    # today's local values: the teacher 2 CPUs and 4 GB, evaluations 2 GB, no GPU, no partition
-    assert by_rule["teacher"]["cpus_per_task"] == "2" and by_rule["teacher"]["mem_mb"] == "4000"
+    # the local values: a teacher 1 CPU (the two train side by side) and 4 GB, evaluations 2 GB,
+    # no GPU, no partition
+    assert by_rule["teacher"]["cpus_per_task"] == "1" and by_rule["teacher"]["mem_mb"] == "4000"
     assert by_rule["evaluate"]["mem_mb"] == "2000" and "gpu" not in by_rule["train"]
 
 

@@ -6,6 +6,7 @@ pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools
 
 import bcd.mm  # noqa: E402,F401  (patches + registration)
 from bcd.mm import configs  # noqa: E402
+from seg_batch import seg_batch  # noqa: E402  (tests/seg_batch.py)
 
 NUM_CLASSES = configs.num_classes(dict(dataset="shapes"))
 
@@ -18,19 +19,7 @@ BCD = {
 
 
 def _batch(n=2, size=32, num_classes=None):
-    num_classes = num_classes or NUM_CLASSES
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
-    g = torch.Generator().manual_seed(0)
-    samples = []
-    for _ in range(n):
-        s = SegDataSample()
-        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, size, size), generator=g))
-        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size),
-                            pad_shape=(size, size)))
-        samples.append(s)
-    return torch.randn(n, 3, size, size, generator=g), samples
+    return seg_batch(n, size, num_classes or NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")

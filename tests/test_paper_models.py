@@ -20,6 +20,7 @@ pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools
 import bcd.mm  # noqa: E402,F401  (patches + registration)
 from bcd import params as P  # noqa: E402
 from bcd.mm import compat, configs  # noqa: E402
+from seg_batch import seg_batch  # noqa: E402  (tests/seg_batch.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES, SIZE = 5, 64
@@ -39,18 +40,7 @@ BASELINES = {k: v for k, v in DEFAULT["methods"].items() if v["type"] not in con
 
 
 def _batch(n=2, size=SIZE):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
-    g = torch.Generator().manual_seed(0)
-    samples = []
-    for _ in range(n):
-        s = SegDataSample()
-        s.gt_sem_seg = PixelData(data=torch.randint(0, NUM_CLASSES, (1, size, size), generator=g))
-        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size),
-                            pad_shape=(size, size)))
-        samples.append(s)
-    return torch.randn(n, 3, size, size, generator=g), samples
+    return seg_batch(n, size, NUM_CLASSES)
 
 
 def _build(spec):

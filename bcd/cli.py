@@ -32,7 +32,7 @@ def _data(args) -> None:
     elif data["dataset"] == "camvid":
         from bcd.data.camvid import prepare
 
-        root = prepare(data["camvid"]["source"], out)
+        root = prepare(data["camvid"]["source"], out, sha256=data["camvid"].get("sha256"))
     else:
         from bcd.data.synthetic import generate
 
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     except P.ParamsError as err:
         print(f"bcd {args.command}: invalid params: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, FloatingPointError,
+            ConnectionError) as err:
         print(f"bcd {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

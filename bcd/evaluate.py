@@ -188,5 +188,6 @@ def measure(cfg, *, run: str | None = None, seed: int | None = None,
         # what the evaluated weights were made from (bcd.provenance) and their own hash
         "weights_sha256": file_sha256(ckpt),
         "provenance": load_meta(ckpt).get("provenance"),
+        "kept": load_meta(ckpt).get("kept"),  # train.select: the last or the best-val weights
     }
     return out

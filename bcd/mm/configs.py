@@ -562,7 +562,7 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
             # keep 2: mmengine deletes the oldest checkpoint *before* writing the next one, so
             # a kill during that write must still find the previous one complete.
             checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=ckpt_interval,
-                            max_keep_ckpts=2, save_last=True),
+                            max_keep_ckpts=2, save_last=True, **_select_best(train)),
             sampler_seed=dict(type="DistSamplerSeedHook")),
         custom_hooks=[dict(type="NonFiniteLossHook"), dict(type="RNGStateHook"),
                       dict(type="TrainLogHook", out_file=str(log_file),
@@ -580,6 +580,12 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         _distributed(cfg, launcher)
     # yapf-formatting the dumped config costs ~2 s per dump (4 dumps per run) at no use here
     return Config(cfg, format_python_code=False)
+
+
+def _select_best(train: Mapping[str, Any]) -> dict:
+    """``train.select: best``: mmengine's CheckpointHook keeps the checkpoint of the best val
+    mIoU (``best_mIoU_iter_<N>.pth``); :func:`bcd.train.keep_selected` loads it at the end."""
+    return dict(save_best="mIoU", rule="greater") if train.get("select") == "best" else {}
 
 
 def _distributed(cfg: dict, launcher: str) -> None:

@@ -225,16 +225,17 @@ def test_real_camvid_is_prepared_with_the_segnet_split(real_camvid):
 @needs_shared
 def test_real_camvid_through_the_mmseg_dataset(real_camvid):
     pytest.importorskip("mmseg", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
-    from mmengine.registry import init_default_scope
+    from mmengine.registry import DefaultScope
     from mmseg.registry import DATASETS
 
     import bcd.mm  # noqa: F401  (registers BCDCamVidDataset)
     from bcd.mm import configs
 
-    init_default_scope("mmseg")
     data = P.load_params([DEFAULT, CAMVID])["data"]
-    train = DATASETS.build(configs.dataset(data, real_camvid, "train", train=True))
-    test = DATASETS.build(configs.dataset(data, real_camvid, "test", train=False))
+    # a scoped default only: a global one would leak into later tests' mmrazor builds
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        train = DATASETS.build(configs.dataset(data, real_camvid, "train", train=True))
+        test = DATASETS.build(configs.dataset(data, real_camvid, "test", train=False))
     assert (len(train), len(test)) == (367, 233)
     assert train.metainfo["classes"] == camvid.CLASSES
     sample = train[0]

@@ -174,6 +174,7 @@ def measure(cfg, *, run: str | None = None, seed: int | None = None,
     results = runner.test()
     per_class = {k[4:]: v for k, v in results.items() if k.startswith("IoU.")}
     quality = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("quality/")}
+    meta = load_meta(ckpt)
     out = {
         "kind": kind, "name": name, "seed": seed if kind == "student" else None,
         "model": model_name, "model_spec": model_spec, "split": split,
@@ -187,7 +188,7 @@ def measure(cfg, *, run: str | None = None, seed: int | None = None,
         "eval_seconds": round(time.time() - t0, 1),
         # what the evaluated weights were made from (bcd.provenance) and their own hash
         "weights_sha256": file_sha256(ckpt),
-        "provenance": load_meta(ckpt).get("provenance"),
-        "kept": load_meta(ckpt).get("kept"),  # train.select: the last or the best-val weights
+        "provenance": meta.get("provenance"),
+        "kept": meta.get("kept"),  # train.select: the last or the best-val weights
     }
     return out

@@ -160,8 +160,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, cache: str | os.PathLike, sha256: str | None = None) -> Path:
-    """Download the archive at ``url`` into the folder ``cache`` and return its path.
+def fetch(url: str, cache: str | os.PathLike, sha256: str | None = None) -> tuple[Path, str]:
+    """Download the archive at ``url`` into the folder ``cache``; return its path and sha256.
 
     A file already there from an earlier call is reused (downloads land under a temporary name
     and are renamed when complete, by :func:`torch.hub.download_url_to_file`). With ``sha256``
@@ -190,7 +190,7 @@ def fetch(url: str, cache: str | os.PathLike, sha256: str | None = None) -> Path
         raise DatasetError(f"the archive downloaded from {url} has sha256 {got}, but "
                            f"data.camvid.sha256 says {sha256}; it was deleted (a changed or "
                            "damaged download)")
-    return archive
+    return archive, got
 
 
 def _unpack(archive: Path, into: Path) -> None:
@@ -279,11 +279,11 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike,
     if not is_url(source):
         _build(src, dest, {"source": origin})
         return dest
-    archive = fetch(str(source), dest.with_name(f".{dest.name}.download"), sha256)
+    archive, digest = fetch(str(source), dest.with_name(f".{dest.name}.download"), sha256)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.unpack", dir=dest.parent) as tmp:
         _unpack(archive, Path(tmp))
         _build(_find_camvid(Path(tmp), origin), dest,
-               {"source": origin, "sha256": _sha256(archive)})
+               {"source": origin, "sha256": digest})
     return dest
 
 

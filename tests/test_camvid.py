@@ -159,16 +159,19 @@ def test_tar_members_outside_the_target_are_refused(tmp_path, server):
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
+def _closed_port_url(name: str) -> str:
+    """A URL on a localhost port nobody listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/{name}"
+
+
 @pytest.mark.parametrize("where", ["missing-file", "closed-port"])
 def test_download_failure_says_what_to_do_offline(tmp_path, server, where):
     _, base, _ = server
-    if where == "closed-port":
-        import socket
-
-        with socket.socket() as s:  # a port nobody listens on
-            s.bind(("127.0.0.1", 0))
-            base = f"http://127.0.0.1:{s.getsockname()[1]}"
-    url = f"{base}/nothing.zip"
+    url = f"{base}/nothing.zip" if where == "missing-file" else _closed_port_url("nothing.zip")
     with pytest.raises(ConnectionError) as info:
         camvid.prepare(url, tmp_path / "data" / "camvid")
     message = str(info.value)
@@ -189,11 +192,7 @@ def _data_stage(project: Path, camvid_overlay: dict) -> subprocess.CompletedProc
 
 
 def test_download_failure_through_the_data_stage_is_a_clear_error(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/master.zip"
+    url = _closed_port_url("master.zip")
     proc = _data_stage(tmp_path, {"source": url})
     assert proc.returncode == 1, proc.stderr
     assert f"bcd data: error: cannot download CamVid from {url}" in proc.stderr, proc.stderr

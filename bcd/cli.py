@@ -37,8 +37,11 @@ def _data(args) -> None:
         from bcd.data.synthetic import generate
 
         gen = data["shapes"]
+        # the stage owns its folder: one generated with other arguments (an older params file,
+        # or one from before the test split) is rebuilt, as Snakemake and DVC would clear it
         root = generate(out, seed=gen["seed"], num_train=gen["num_train"],
-                        num_val=gen["num_val"], height=data["height"], width=data.get("width"))
+                        num_val=gen["num_val"], num_test=gen.get("num_test", 0),
+                        height=data["height"], width=data.get("width"), overwrite=True)
     print(f"dataset ready: {root}")
 
 

@@ -413,6 +413,14 @@ def _table_dataset_errors(cfg, name: str) -> list[tuple[tuple, str]]:
 def _data_section_errors(data, where: tuple) -> list[tuple[tuple, str]]:
     """Checks of one data section (``data`` or ``datasets.<key>``) the schema cannot express."""
     out = []
+    shapes = data.get("shapes") or {}
+    if (data["dataset"] == "shapes" and shapes.get("eval_split", "test") == "test"
+            and not shapes.get("num_test")):
+        out.append((where + ("shapes", "num_test"),
+                    f"no test images (num_test {shapes.get('num_test', 'absent')}), but the "
+                    "tables report the test split (shapes.eval_split: test, the default): set "
+                    "num_test (params/default.yaml has 96), or report val with "
+                    "shapes.eval_split: val"))
     if data["dataset"] == "camvid":
         from bcd.data.camvid import SIZE
 

@@ -46,7 +46,12 @@ def require_dataset(cfg, dataset: str | None = None) -> Path:
         return Path(data["root"])
     if data["dataset"] == "shapes":
         from bcd.data.synthetic import check_dataset
-        check_dataset(root)
+        from bcd.mm.configs import eval_split
+
+        split = eval_split(data)
+        if check_dataset(root)["counts"][split] == 0:  # a folder from before the test split
+            raise FileNotFoundError(f"dataset {root} holds no {split} split, which the tables "
+                                    f"report (shapes.eval_split); rebuild it: {make}")
     elif data["dataset"] == "camvid":
         from bcd.data import camvid
         try:

@@ -344,12 +344,13 @@ def test_figures_command_on_untrained_models(tmp_path, monkeypatch):
     overlay = tmp_path / "here.yaml"
     overlay.write_text(yaml.safe_dump({"paths": {"data": "data", "runs": "runs",
                                                  "results": "results"},
-                                       "data": {"shapes": {"num_train": 1, "num_val": 3}},
+                                       "data": {"shapes": {"num_train": 1, "num_val": 1,
+                                                           "num_test": 3}},
                                        "figures": {"num_images": 2, "boundary_images": 1}}))
     files = [str(DEFAULT), str(MICRO), str(overlay)]
     cfg = P.load_params(files)
     data = P.data_spec(cfg)
-    generate(P.data_dir(cfg), seed=0, num_train=1, num_val=3, height=32, width=32)
+    generate(P.data_dir(cfg), seed=0, num_train=1, num_val=1, num_test=3, height=32, width=32)
     nc, crop = configs.num_classes(data), configs.crop_size(data)
 
     def write_metrics(path, kind, name, seed, miou):

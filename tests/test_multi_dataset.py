@@ -31,9 +31,9 @@ def _overlay(tmp_path: Path, data: dict, name="overlay.yaml") -> Path:
 
 TWO = {  # a second generated dataset next to the default's, with its own teacher and runs
     "datasets": {"big": {"dataset": "shapes", "height": 48, "width": 48,
-                         "shapes": {"seed": 7, "num_train": 8, "num_val": 4}},
+                         "shapes": {"seed": 7, "num_train": 8, "num_val": 4, "num_test": 4}},
                  "other": {"dataset": "shapes", "height": 32,
-                           "shapes": {"seed": 8, "num_train": 8, "num_val": 4}}},
+                           "shapes": {"seed": 8, "num_train": 8, "num_val": 4, "num_test": 4}}},
     "teachers": {"pspnet-r101": {"dataset": "big"}, "deeplabv3plus-r101": {"dataset": "other"}},
     # every run must name its teacher's dataset (absent = the top-level data)
     "runs": {r: {"dataset": "other" if r.startswith("dlv3p") else "big"}

@@ -127,6 +127,16 @@ MALFORMED = [
     ("parent-path", _set(("paths", "data"), "../data"), "paths.data",
      "is not a folder inside the repository"),
     ("empty-runs", _set(("runs",), {}), "runs", "must not be empty"),
+    ("shapes-eval-split-unknown", _set(("data", "shapes", "eval_split"), "train"),
+     "data.shapes.eval_split", "is not one of"),
+    ("shapes-num-test-negative", _set(("data", "shapes", "num_test"), -1),
+     "data.shapes.num_test", "less than the minimum of 0"),
+    ("shapes-num-test-not-int", _set(("data", "shapes", "num_test"), 2.5),
+     "data.shapes.num_test", "not of type 'integer'"),
+    ("shapes-test-split-without-num-test", _del(("data", "shapes", "num_test")),
+     "data.shapes.num_test", "no test images (num_test absent), but the tables report the test"),
+    ("shapes-test-split-of-zero-images", _set(("data", "shapes", "num_test"), 0),
+     "data.shapes.num_test", "no test images (num_test 0)"),
 ]
 
 
@@ -250,13 +260,24 @@ def test_micro_profile():
     cfg = P.load_params([DEFAULT, MICRO])
     assert cfg["seeds"] == [0]
     assert cfg["paths"] == {"data": "data/micro", "runs": "runs/micro", "results": "results/micro"}
-    assert (cfg["data"]["shapes"]["num_train"], cfg["data"]["shapes"]["num_val"]) == (16, 8)
+    shapes = cfg["data"]["shapes"]
+    assert (shapes["num_train"], shapes["num_val"], shapes["num_test"]) == (16, 8, 8)
     assert (cfg["data"]["height"], cfg["data"]["width"]) == (32, 32)
     for role in ("teacher", "student"):
         assert cfg["train"][role]["iters"] == cfg["train"][role]["val_interval"] == 4
     assert list(cfg["tables"]) == ["table1", "table3", "table4"]
     assert [r["run"] for r in cfg["tables"]["table1"]["rows"]] == ["r18", "r18-bcd"]
     assert P.runs_used(cfg) == ["r18", "r18-bcd", "r18-ifvd-bcd", "dlv3p-r18-tat"]
+
+
+def test_shapes_tables_report_test_and_val_is_kept_reachable(tmp_path):
+    cfg = P.load_params([DEFAULT])
+    assert cfg["data"]["shapes"]["eval_split"] == "test" and cfg["data"]["shapes"]["num_test"] > 0
+    # without a test split, reporting val is still a valid profile
+    old = _default()
+    del old["data"]["shapes"]["num_test"]
+    old["data"]["shapes"]["eval_split"] = "val"
+    assert "num_test" not in P.load_params([_write(tmp_path / "old.yaml", old)])["data"]["shapes"]
 
 
 def test_validate_config_matches_load_params():

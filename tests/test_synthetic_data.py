@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from collections import deque
 from pathlib import Path
@@ -16,7 +17,7 @@ from bcd.data import synthetic as S  # noqa: E402
 
 K = len(S.CLASSES)
 H = W = 48
-SMALL = dict(num_train=4, num_val=2, height=32)
+SMALL = dict(num_train=4, num_val=2, num_test=2, height=32)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -63,7 +64,7 @@ def samples():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds") / "shapes"
-    return S.generate(root, seed=3, num_train=24, num_val=6, height=H)
+    return S.generate(root, seed=3, num_train=24, num_val=6, num_test=5, height=H)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,12 +174,16 @@ def test_images_are_not_constant_and_vary(samples):
 # ---------------------------------------------------------------------------------------------
 def test_layout_meta_and_every_class_in_train(dataset):
     meta = json.loads((dataset / "meta.json").read_text())
-    for key, want in dict(seed=3, num_train=24, num_val=6, height=H, width=W,
+    for key, want in dict(seed=3, num_train=24, num_val=6, num_test=5, height=H, width=W,
                           generator_version=S.GENERATOR_VERSION).items():
         assert meta[key] == want
     assert meta["classes"] == list(S.CLASSES) and meta["palette"] == S.PALETTE
-    assert len(list((dataset / "img_dir/train").glob("*.png"))) == 24
-    assert len(list((dataset / "ann_dir/val").glob("*.png"))) == 6
+    for split, n in (("train", 24), ("val", 6), ("test", 5)):
+        for sub in ("img_dir", "ann_dir"):
+            assert sorted(p.name for p in (dataset / sub / split).iterdir()) == \
+                [f"{i:05d}.png" for i in range(n)]
+    assert set(meta["class_pixel_counts"]) == {"train", "val", "test"}
+    assert sum(meta["class_pixel_counts"]["test"]) == 5 * H * W
     hist = np.zeros(K, np.int64)
     for p in sorted((dataset / "ann_dir/train").glob("*.png")):
         with PIL_Image.open(p) as im:
@@ -200,17 +205,43 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(tmp_path):
     assert a == b
     assert set(a) == set(c)
     differing = [k for k in a if k.startswith("img_dir") and a[k] != c[k]]
-    assert len(differing) == SMALL["num_train"] + SMALL["num_val"]
+    assert len(differing) == SMALL["num_train"] + SMALL["num_val"] + SMALL["num_test"]
 
 
 def test_files_do_not_depend_on_split_sizes(tmp_path):
-    small = _files(S.generate(tmp_path / "s", seed=2, num_train=2, num_val=1, height=32))
-    big = _files(S.generate(tmp_path / "b", seed=2, num_train=5, num_val=3, height=32))
+    small = _files(S.generate(tmp_path / "s", seed=2, num_train=2, num_val=1, num_test=1,
+                              height=32))
+    big = _files(S.generate(tmp_path / "b", seed=2, num_train=5, num_val=3, num_test=4,
+                            height=32))
     common = [k for k in small if k != "meta.json"]
     assert common and all(small[k] == big[k] for k in common)
     img, lab = S.render_sample(S.sample_rng(2, "val", 2), 32, 32)
     assert np.array_equal(_read(tmp_path / "b/img_dir/val/00002.png"), img)
     assert np.array_equal(_read(tmp_path / "b/ann_dir/val/00002.png"), lab)
+
+
+def test_test_split_is_split_id_2_and_leaves_train_and_val_as_they_were(tmp_path):
+    """Adding the test split changes no train/val file: sample i of train/val is still drawn
+    from default_rng([seed, 0 or 1, i]) as before the test split existed, whatever num_test."""
+    none = S.generate(tmp_path / "none", seed=4, num_train=3, num_val=2, height=32)
+    some = S.generate(tmp_path / "some", seed=4, num_train=3, num_val=2, num_test=3, height=32)
+    a, b = _files(none), _files(some)
+    assert not (none / "img_dir/test").exists() and not (none / "ann_dir/test").exists()
+    assert S.check_dataset(none)["counts"] == {"train": 3, "val": 2, "test": 0}
+    assert json.loads(a["meta.json"])["num_test"] == 0
+    assert {k for k in b if "/test/" in k} == {f"{d}/test/{i:05d}.png"
+                                               for d in ("img_dir", "ann_dir") for i in range(3)}
+    assert {k: v for k, v in b.items() if "/test/" not in k and k != "meta.json"} == \
+        {k: v for k, v in a.items() if k != "meta.json"}
+    for split, split_id, n in (("train", 0, 3), ("val", 1, 2), ("test", 2, 3)):
+        for i in range(n):
+            img, lab = S.render_sample(np.random.default_rng([4, split_id, i]), 32, 32)
+            assert np.array_equal(_read(some / f"img_dir/{split}/{i:05d}.png"), img)
+            assert np.array_equal(_read(some / f"ann_dir/{split}/{i:05d}.png"), lab)
+    # the test images are new scenes, not copies of train or val ones
+    test0 = _read(some / "img_dir/test/00000.png")
+    others = [*some.glob("img_dir/train/*.png"), *some.glob("img_dir/val/*.png")]
+    assert not any(np.array_equal(test0, _read(p)) for p in others)
 
 
 def test_non_square(tmp_path):
@@ -226,11 +257,12 @@ def test_idempotent_and_refuses_other_arguments(tmp_path):
     assert S.generate(root, seed=1, **SMALL) == root
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamp  # untouched
     with pytest.raises(FileExistsError) as err:
-        S.generate(root, seed=2, num_train=4, num_val=3, height=32)
+        S.generate(root, seed=2, num_train=4, num_val=3, num_test=2, height=32)
     msg = str(err.value)
     assert str(root) in msg and "seed" in msg and "num_val" in msg and "num_train" not in msg
+    assert "num_test" not in msg
     assert json.loads((root / "meta.json").read_text())["seed"] == 1  # still the old one
-    S.generate(root, seed=2, num_train=4, num_val=3, height=32, overwrite=True)
+    S.generate(root, seed=2, num_train=4, num_val=3, num_test=2, height=32, overwrite=True)
     meta = json.loads((root / "meta.json").read_text())
     assert meta["seed"] == 2 and meta["num_val"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -285,6 +317,8 @@ def test_interrupted_overwrite_keeps_the_old_dataset(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kwargs, name", [
     (dict(height=8), "height"), (dict(width=12), "width"), (dict(num_train=0), "num_train"),
     (dict(num_val=-1), "num_val"), (dict(seed=-3), "seed"), (dict(height=32.5), "height"),
+    (dict(num_test=-1), "num_test"), (dict(num_test=True), "num_test"),
+    (dict(num_test=2.0), "num_test"),
 ])
 def test_generate_validates_arguments(tmp_path, kwargs, name):
     args = dict(seed=0, num_train=2, num_val=1, height=32)
@@ -299,7 +333,7 @@ def test_generate_validates_arguments(tmp_path, kwargs, name):
 # ---------------------------------------------------------------------------------------------
 def test_check_dataset_ok(dataset):
     info = S.check_dataset(dataset)
-    assert info["counts"] == {"train": 24, "val": 6}
+    assert info["counts"] == {"train": 24, "val": 6, "test": 5}
     assert info["classes"] == list(S.CLASSES) and info["root"] == str(dataset)
 
 
@@ -313,6 +347,38 @@ def test_check_dataset_missing_label_and_repair(tmp_path):
     # the same generate() call repairs an incomplete folder
     S.generate(root, seed=4, **SMALL)
     assert S.check_dataset(root)["counts"]["train"] == 4
+
+
+def test_check_dataset_missing_test_file_or_folder(tmp_path):
+    root = S.generate(tmp_path / "d", seed=4, **SMALL)
+    (root / "img_dir/test/00001.png").unlink()
+    with pytest.raises(FileNotFoundError,
+                       match=r"1 image file\(s\) missing.*img_dir/test/00001\.png"):
+        S.check_dataset(root, deep=False)
+    S.generate(root, seed=4, **SMALL)  # same arguments, incomplete: rewritten
+    assert S.check_dataset(root)["counts"]["test"] == 2
+    shutil.rmtree(root / "ann_dir/test")
+    with pytest.raises(FileNotFoundError, match=r"ann_dir/test is missing"):
+        S.check_dataset(root)
+
+
+def _as_before_the_test_split(root: Path) -> None:
+    """Make a num_test=0 folder look like one written before the test split existed."""
+    meta = json.loads((root / "meta.json").read_text())
+    del meta["num_test"]
+    for key in ("class_pixel_counts", "class_frequencies"):
+        del meta[key]["test"]
+    (root / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def test_a_folder_from_before_the_test_split_is_other_arguments(tmp_path):
+    root = S.generate(tmp_path / "old", seed=4, num_train=2, num_val=1, height=32)
+    _as_before_the_test_split(root)
+    assert S.check_dataset(root)["counts"] == {"train": 2, "val": 1, "test": 0}
+    with pytest.raises(FileExistsError, match=r"num_test: None there, 3 asked"):
+        S.generate(root, seed=4, num_train=2, num_val=1, num_test=3, height=32)
+    S.generate(root, seed=4, num_train=2, num_val=1, num_test=3, height=32, overwrite=True)
+    assert S.check_dataset(root)["counts"] == {"train": 2, "val": 1, "test": 3}
 
 
 def test_check_dataset_missing_folder_or_meta(tmp_path):
@@ -339,10 +405,70 @@ def test_check_dataset_size_mismatch_and_bad_values(tmp_path):
 def test_cli_summary(tmp_path, capsys):
     grid = tmp_path / "grid.png"
     assert S.main(["--out", str(tmp_path / "cli"), "--seed", "0", "--num-train", "3",
-                   "--num-val", "1", "--height", "32", "--grid", str(grid)]) == 0
+                   "--num-val", "1", "--num-test", "2", "--height", "32", "--grid", str(grid)]) == 0
     out = capsys.readouterr().out
+    assert "3 train + 1 val + 2 test" in out
+    assert S.check_dataset(tmp_path / "cli")["counts"] == {"train": 3, "val": 1, "test": 2}
     assert all(name in out for name in S.CLASSES)
     assert _read(grid).ndim == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The data stage and the split the tables report (val: choices; test: the tables)
+# ---------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "params" / "default.yaml"
+
+
+def test_eval_split_of_the_generated_data():
+    pytest.importorskip("mmengine", reason="bcd.mm needs the OpenMMLab stack")
+    from bcd import params as P
+    from bcd.mm import configs
+
+    assert configs.eval_split(P.data_spec(P.load_params([DEFAULT]))) == "test"
+
+    def data(**shapes):
+        return {"dataset": "shapes", "height": 32, "shapes": dict(seed=0, num_train=2,
+                                                                   num_val=1, **shapes)}
+
+    assert configs.eval_split(data(num_test=3)) == "test"
+    assert configs.eval_split(data(num_test=3, eval_split="val")) == "val"
+    assert configs.eval_split(data(eval_split="val")) == "val"
+    for shapes in (dict(), dict(num_test=0), dict(eval_split="test")):
+        with pytest.raises(ValueError, match=r"num_test is (absent|0).*data\.shapes\.num_test"):
+            configs.eval_split(data(**shapes))
+
+
+def test_data_stage_rebuilds_a_folder_from_before_the_test_split(tmp_path, monkeypatch):
+    pytest.importorskip("mmengine", reason="bcd.mm needs the OpenMMLab stack")
+    import yaml
+
+    from bcd import cli
+    from bcd import params as P
+    from bcd.train import require_dataset
+
+    monkeypatch.chdir(tmp_path)  # paths.data is relative to the working directory
+    overlay = tmp_path / "here.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "paths": {"data": "data", "runs": "runs", "results": "results"},
+        "data": {"height": 32, "width": 32,
+                 "shapes": {"seed": 4, "num_train": 2, "num_val": 1, "num_test": 2}}}))
+    args = ["data", "--params", str(DEFAULT), "--params", str(overlay)]
+    cfg = P.load_params([DEFAULT, overlay])
+    root = S.generate(P.data_dir(cfg), seed=4, num_train=2, num_val=1, height=32)
+    _as_before_the_test_split(root)
+    before = _files(root)
+    with pytest.raises(FileNotFoundError, match=r"holds no test split.*python -m bcd data"):
+        require_dataset(cfg)  # training/evaluation on the stale folder: told to rebuild it
+    assert cli.main(args) == 0
+    after = _files(root)
+    assert S.check_dataset(root)["counts"] == {"train": 2, "val": 1, "test": 2}
+    assert {k: v for k, v in after.items() if "/test/" not in k and k != "meta.json"} == \
+        {k: v for k, v in before.items() if k != "meta.json"}  # train/val files unchanged
+    assert require_dataset(cfg) == root
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert cli.main(args) == 0  # up to date: untouched
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == mtimes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ global brightness/contrast/colour-cast jitter, a little blur and pixel noise, so
 colour lookup cannot separate the classes: texture, shape and context decide. Labels are
 ``0..K-1`` (0 = background, itself textured); the ignore label 255 is never used.
 
-Each sample uses its own generator ``numpy.random.default_rng([seed, split_id, index])``, so a
-sample does not depend on generation order or on the size of the other split.
+Three splits: ``train`` (split id 0), ``val`` (1: choices are made on it) and ``test`` (2: the
+tables report it). Each sample uses its own generator
+``numpy.random.default_rng([seed, split_id, index])``, so a sample does not depend on generation
+order or on the size of the other splits (adding a test split leaves train and val unchanged).
 
     python -m bcd.data.synthetic --out /tmp/shapes --seed 0 --grid /tmp/synthetic_grid.png
 """
@@ -53,8 +55,8 @@ PALETTE: list[list[int]] = [
 BACKGROUND, STRIPES, CHECKER, SPECKLE, PLATE, WIRE, RING = range(len(CLASSES))
 TEXTURED = (STRIPES, CHECKER, SPECKLE)
 SOLID = (STRIPES, CHECKER, SPECKLE, PLATE)  # classes that form regions (not thin)
-SPLITS = ("train", "val")
-SPLIT_IDS = {"train": 0, "val": 1}
+SPLITS = ("train", "val", "test")
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 MIN_SIZE = 16
 HINT = "run `python -m bcd data --params <file>`"
 
@@ -445,7 +447,9 @@ def colorize(label: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # The dataset folder (mmseg layout)
 # ----------------------------------------------------------------------------------------------
-ARG_KEYS = ("seed", "num_train", "num_val", "height", "width", "generator_version")
+# A folder whose meta.json differs in one of these (an old one without num_test included) was
+# generated with other arguments.
+ARG_KEYS = ("seed", "num_train", "num_val", "num_test", "height", "width", "generator_version")
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
@@ -455,16 +459,23 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
 
 
-def _validate(seed, num_train, num_val, height, width) -> dict:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+def _is_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _validate(seed, num_train, num_val, height, width, num_test=0) -> dict:
+    if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     for name, value in (("num_train", num_train), ("num_val", num_val)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not _is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not _is_int(num_test) or num_test < 0:
+        raise ValueError(f"num_test must be a non-negative integer, got {num_test!r}")
     height = _check_size(height, "height")
     width = height if width is None else _check_size(width, "width")
-    return dict(seed=int(seed), num_train=int(num_train), num_val=int(num_val), height=height,
-                width=width, generator_version=GENERATOR_VERSION)
+    return dict(seed=int(seed), num_train=int(num_train), num_val=int(num_val),
+                num_test=int(num_test), height=height, width=width,
+                generator_version=GENERATOR_VERSION)
 
 
 def _read_meta(root: Path) -> dict | None:
@@ -479,9 +490,10 @@ def _read_meta(root: Path) -> dict | None:
 def _write_dataset(out: Path, args: dict) -> None:
     counts = {}
     for split in SPLITS:
-        (out / "img_dir" / split).mkdir(parents=True)
-        (out / "ann_dir" / split).mkdir(parents=True)
         hist = np.zeros(len(CLASSES), np.int64)
+        if args[f"num_{split}"]:  # no folder for an empty split (num_test: 0)
+            (out / "img_dir" / split).mkdir(parents=True)
+            (out / "ann_dir" / split).mkdir(parents=True)
         for i in range(args[f"num_{split}"]):
             img, lab = render_sample(sample_rng(args["seed"], split, i), args["height"], args["width"])
             _save_png(out / "img_dir" / split / f"{i:05d}.png", img)
@@ -500,17 +512,18 @@ def _write_dataset(out: Path, args: dict) -> None:
 
 
 def generate(root: str | Path, seed: int, num_train: int, num_val: int, height: int,
-             width: int | None = None, overwrite: bool = False) -> Path:
+             width: int | None = None, overwrite: bool = False, *, num_test: int = 0) -> Path:
     """Write the dataset to ``root`` (mmseg layout) and return ``root``.
 
-    ``root/img_dir/{train,val}/{i:05d}.png`` (RGB), ``root/ann_dir/{train,val}/{i:05d}.png``
-    (labels, mode 'L') and, last, ``root/meta.json``. Everything is written to a temporary
+    ``root/img_dir/{train,val,test}/{i:05d}.png`` (RGB),
+    ``root/ann_dir/{train,val,test}/{i:05d}.png`` (labels, mode 'L') and, last,
+    ``root/meta.json``; ``num_test`` 0 writes no test folders. Everything is written to a temporary
     sibling folder that is renamed into place at the end, so an interrupted run leaves nothing
     under ``root``. Idempotent: a complete ``root`` made with the same arguments is returned
     untouched (an incomplete one is rewritten); one made with other arguments raises
     :class:`FileExistsError` unless ``overwrite``.
     """
-    args = _validate(seed, num_train, num_val, height, width)
+    args = _validate(seed, num_train, num_val, height, width, num_test)
     root = Path(root)
     if root.exists():
         if not root.is_dir():
@@ -577,7 +590,8 @@ def check_dataset(root: str | Path, deep: bool = True) -> dict:
     """Verify a prepared dataset folder and return its meta data (plus ``root`` and ``counts``).
 
     Checks that ``meta.json`` exists, that every split holds exactly the images and labels it
-    names, and that every label has the size of its image; with ``deep`` it also decodes the
+    names (a meta.json without ``num_test``, written before the test split existed: no test
+    split), and that every label has the size of its image; with ``deep`` it also decodes the
     labels and checks their mode ('L') and values (``< len(classes)``). Raises
     :class:`FileNotFoundError` (something missing) or :class:`ValueError` (something wrong) with
     a message naming the file and how to rebuild the folder.
@@ -597,7 +611,10 @@ def check_dataset(root: str | Path, deep: bool = True) -> dict:
     h, w, k = meta["height"], meta["width"], len(meta["classes"])
     counts = {}
     for split in SPLITS:
-        n = meta[f"num_{split}"]
+        n = meta.get(f"num_{split}", 0)  # only num_test may be absent (checked above)
+        counts[split] = n
+        if n == 0:
+            continue
         expected = {f"{i:05d}.png" for i in range(n)}
         for sub in ("img_dir", "ann_dir"):
             d = root / sub / split
@@ -634,7 +651,6 @@ def check_dataset(root: str | Path, deep: bool = True) -> dict:
                 if top >= k:
                     raise ValueError(f"label {ann_p} holds value {top} but there are only {k} classes; "
                                      f"{HINT} to regenerate the dataset")
-        counts[split] = n
     return dict(meta, root=str(root), counts=counts)
 
 
@@ -667,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-train", type=int, default=320)
     ap.add_argument("--num-val", type=int, default=96)
+    ap.add_argument("--num-test", type=int, default=96)
     ap.add_argument("--height", type=int, default=64)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--overwrite", action="store_true")
@@ -674,11 +691,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="PNG grid of 8 samples (image | label); '' to skip")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    root = generate(a.out, a.seed, a.num_train, a.num_val, a.height, a.width, overwrite=a.overwrite)
+    root = generate(a.out, a.seed, a.num_train, a.num_val, a.height, a.width,
+                    overwrite=a.overwrite, num_test=a.num_test)
     dt = time.perf_counter() - t0
     meta = check_dataset(root)
-    print(f"dataset: {root}  ({meta['num_train']} train + {meta['num_val']} val, "
-          f"{meta['height']}x{meta['width']}, seed {meta['seed']}, {dt:.2f} s)")
+    print(f"dataset: {root}  ({meta['num_train']} train + {meta['num_val']} val + "
+          f"{meta['num_test']} test, {meta['height']}x{meta['width']}, seed {meta['seed']}, "
+          f"{dt:.2f} s)")
     print(f"{'class':<12}" + "".join(f"{s:>10}" for s in SPLITS))
     for k, name in enumerate(CLASSES):
         print(f"{k} {name:<10}" + "".join(f"{meta['class_frequencies'][s][k]:>10.4f}" for s in SPLITS))

@@ -342,14 +342,22 @@ def dataset(data: Mapping[str, Any], root: str | Path, split: str, train: bool) 
 
 
 def eval_split(data: Mapping[str, Any]) -> str:
-    """The split the tables report: CamVid's test split (val is for checkpoint choice only); the
-    paper's datasets: the split of its tables (COCO-Stuff 10K test, the others val)."""
+    """The split the tables report: for CamVid and the generated shapes ``<dataset>.eval_split``,
+    by default test (choices are made on val, which training evaluates); the paper's datasets:
+    the split of its tables (COCO-Stuff 10K test, the others val)."""
     paper = _paper(data)
     if paper is not None:
         return paper.eval_split
     if data["dataset"] == "camvid":
         return data["camvid"].get("eval_split", "test")
-    return "val"
+    shapes = data.get("shapes") or {}
+    split = shapes.get("eval_split", "test")
+    if split == "test" and not shapes.get("num_test"):
+        raise ValueError(f"the tables report the test split (shapes.eval_split, default test) "
+                         f"but shapes.num_test is "
+                         f"{shapes.get('num_test', 'absent')}: set data.shapes.num_test (e.g. 96) "
+                         "and rerun the data stage, or report val with shapes.eval_split: val")
+    return split
 
 
 def crop_size(data: Mapping[str, Any]) -> tuple[int, int]:

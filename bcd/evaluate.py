@@ -190,5 +190,21 @@ def measure(cfg, *, run: str | None = None, seed: int | None = None,
         "weights_sha256": file_sha256(ckpt),
         "provenance": meta.get("provenance"),
         "kept": meta.get("kept"),  # train.select: the last or the best-val weights
+        "train_cost": train_cost(meta),
     }
     return out
+
+
+#: Keys of the weights' meta that metrics.json carries as ``train_cost``: what
+#: bcd.train.training_cost measured, and how the run was made (processes, resumed).
+COST_KEYS = ("seconds", "seconds_per_iter", "peak_rss_mb", "peak_cuda_mb", "processes",
+             "resumed")
+
+
+def train_cost(meta: dict) -> dict | None:
+    """What training the weights cost, from their meta; None for weights saved before bcd
+    recorded it (or foreign weights). A key the meta lacks is None (``seconds`` is older than
+    the others)."""
+    if not any(k in meta for k in COST_KEYS[:4]):
+        return None
+    return {k: meta.get(k) for k in COST_KEYS}

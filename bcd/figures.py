@@ -13,8 +13,10 @@ place, under ``{paths.results}``:
   student side) next to the ground-truth edge mask BPKD distils on;
 - ``figures/training_curves.{png,pdf}``: loss terms, temperatures, r(t) and validation mIoU of
   the table's runs (seed ``seed``), from their ``train_log.json``;
-- ``figures/ablation.{png,pdf}``: the table's rows, mean +- std over seeds of mIoU, Boundary IoU
-  and fragmentation, the teacher as a reference line, the paper's mIoU in its own panel;
+- ``figures/ablation.{png,pdf}``: the table's rows: each row's mIoU gain over its reference row
+  paired by seed, with its 95 % confidence interval and verdict; mean +- std over seeds of
+  mIoU, Boundary IoU and fragmentation, the teacher as a reference line, the paper's mIoU in
+  its own panel;
 - ``plots/<run>-seed<S>.csv`` and ``plots/<run>-seed<S>-val.csv``: the training logs as flat
   per-iteration rows, the data of ``dvc plots show`` (:func:`dvc_plots`).
 
@@ -485,18 +487,95 @@ def _numbers(df, col):
     return None if np.isnan(values).all() else values
 
 
+#: Colours of the paired verdicts (bcd.tables.verdict) in the ablation chart.
+VERDICT_STYLE = {"gain": ("C2", "gain: CI above 0"), "n.s.": ("0.35", "n.s.: CI holds 0"),
+                 "loss": ("C3", "loss: CI below 0")}
+PAIRED_TITLE = "Ours: mIoU gain over the reference row, paired by seed (mean, 95% CI)"
+
+
+def _per_seed_values(cell) -> list[float]:
+    return [float(v) for v in str(cell).split(";") if v not in ("", "nan")]
+
+
+def plot_paired(ax, rows, x, labels) -> None:
+    """The paired mIoU gains of a table's rows (``paired_diff_*``, ``verdict`` of the CSV):
+    per row the mean difference to its reference row with its 95 % CI as error bars, coloured
+    and labelled by verdict, the per-seed differences as dots; the reference rows at 0."""
+    import pandas as pd
+
+    ax.set_title(PAIRED_TITLE, fontsize=10)
+    ax.set_ylabel("Δ mIoU (points)")
+    mean = _numbers(rows, "paired_diff_mean")
+    if mean is None:
+        ax.text(0.5, 0.5, "no paired differences in this table\n(one row, or a table CSV "
+                "written before bcd computed them)", ha="center", va="center",
+                transform=ax.transAxes, color="0.4", fontsize=8)
+        ax.set_xticks([])
+        return
+    nan = np.full(len(rows), np.nan)
+    low = _numbers(rows, "paired_diff_ci_low")
+    high = _numbers(rows, "paired_diff_ci_high")
+    low, high = (nan if low is None else low), (nan if high is None else high)
+    verdicts = [v if isinstance(v, str) else "" for v in rows.get("verdict", [""] * len(rows))]
+    ax.axhline(0.0, color="k", lw=0.8)
+    shown = [0.0]
+    for name, (color, label) in VERDICT_STYLE.items():
+        pick = [i for i in range(len(rows)) if verdicts[i] == name and math.isfinite(mean[i])
+                and math.isfinite(low[i]) and math.isfinite(high[i])]
+        if pick:
+            err = [mean[pick] - low[pick], high[pick] - mean[pick]]
+            ax.errorbar(x[pick], mean[pick], yerr=err, fmt="o", color=color, ms=6, capsize=4,
+                        lw=1.6, label=label)
+            shown += [*low[pick], *high[pick]]
+    single = [i for i in range(len(rows))
+              if math.isfinite(mean[i]) and not math.isfinite(low[i])]
+    if single:
+        ax.plot(x[single], mean[single], "o", mfc="none", color="0.35", ms=6,
+                label="one seed: no interval (n/a)")
+    refs = set(rows.get("paired_reference", pd.Series(dtype=str)).dropna().astype(str))
+    ref = [i for i, run in enumerate(rows["run"]) if str(run) in refs - {""}]
+    if ref:
+        ax.plot(x[ref], np.zeros(len(ref)), "s", color="0.6", ms=6, label="reference row")
+    labelled = False
+    for i, cell in enumerate(rows.get("paired_diff_per_seed", [])):
+        seeds = _per_seed_values(cell)
+        if seeds:
+            ax.scatter([i + 0.18] * len(seeds), seeds, s=7, color="k", alpha=0.6, zorder=3,
+                       label=None if labelled else "seeds (per-seed Δ)")
+            labelled, shown = True, shown + seeds
+    for i in range(len(rows)):
+        if math.isfinite(mean[i]):
+            top = high[i] if math.isfinite(high[i]) else mean[i]
+            text = f"{mean[i]:+.2f} {verdicts[i] or 'n/a'}"
+            ax.annotate(text, (i, top), textcoords="offset points", xytext=(0, 5), ha="center",
+                        fontsize=7, color=VERDICT_STYLE.get(verdicts[i], ("0.35",))[0])
+        shown.append(mean[i])
+    shown = np.asarray([v for v in shown if math.isfinite(v)])
+    lo, hi = shown.min(), shown.max()
+    pad = 0.1 * (hi - lo) + 0.05
+    ax.set_ylim(lo - pad, hi + 2.5 * pad)
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_xticks(x, labels, fontsize=8, rotation=20)
+    ax.legend(fontsize=7, loc="upper left", ncol=6)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def plot_ablation(df, title: str = ""):
-    """A results table (``bcd.tables`` CSV) as bars: mean +- std over seeds of mIoU, Boundary
-    IoU and fragmentation per student row (per-seed mIoU as dots), the teacher as a dashed
-    line; the paper's mIoU in a separate panel (markers, its teacher dashed)."""
+    """A results table (``bcd.tables`` CSV): on top, each row's mIoU gain over its reference
+    row paired by seed, with its 95 % CI and verdict (:func:`plot_paired`); below, bars of
+    mean +- std over seeds of mIoU, Boundary IoU and fragmentation per student row (per-seed
+    mIoU as dots), the teacher as a dashed line; the paper's mIoU in a separate panel
+    (markers, its teacher dashed)."""
     if "role" not in df or "method" not in df:
         raise ValueError("plot_ablation: the table needs columns 'role' and 'method'")
     teacher = df[df["role"] == "teacher"]
     rows = df[df["role"] != "teacher"].reset_index(drop=True)
     labels = [textwrap.fill(str(m), 14) for m in rows["method"]]
     x = np.arange(len(rows))
-    fig = _new_figure(10.0, 7.0)
-    axes = fig.subplots(2, 2).ravel()
+    fig = _new_figure(10.0, 10.5)
+    grid = fig.add_gridspec(3, 2)
+    axes = [fig.add_subplot(grid[r, c]) for r in (1, 2) for c in (0, 1)]
+    plot_paired(fig.add_subplot(grid[0, :]), rows, x, labels)
     panels = [("ours_miou", "mIoU (%)", "Ours: mIoU"),
               ("ours_boundary_iou", "Boundary IoU (%)", "Ours: Boundary IoU"),
               ("ours_fragmentation", "fragmented regions (%)",
@@ -518,7 +597,7 @@ def plot_ablation(df, title: str = ""):
                      padding=2, fontsize=7)
         if stem == "ours_miou" and "ours_miou_per_seed" in rows:
             for i, cell in enumerate(rows["ours_miou_per_seed"]):
-                seeds = [float(v) for v in str(cell).split(";") if v not in ("", "nan")]
+                seeds = _per_seed_values(cell)
                 ax.scatter([i] * len(seeds), seeds, s=9, color="k", zorder=3,
                            label="seeds" if i == 0 else None)
         t = _numbers(teacher, f"{stem}_mean")

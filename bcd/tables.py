@@ -5,6 +5,14 @@
 (the formatted view, booktabs). Rows as in the paper's Table I: the teacher first, then the
 table's rows in order. A missing or malformed metrics file is an error naming the file and the
 stage that makes it; no seed is ever dropped silently.
+
+Each row is compared with its *reference row*: the table's first row without distillation that
+trains the same student model (in a one-architecture table, the student row). The comparison is
+paired by seed (:func:`paired_difference`): the per-seed differences of mIoU (and Boundary IoU),
+their mean, a 95 % Student-t confidence interval over seeds and a verdict (gain / loss / n.s.;
+n/a with one seed). Each row also carries what its training cost (``train_*``, ``peak_mem_*``),
+from the ``train_cost`` the train stage recorded and the evaluate stage copied into
+metrics.json; metrics files written before that have none, and those cells stay empty.
 """
 from __future__ import annotations
 
@@ -32,10 +40,21 @@ COLUMNS = [
     # boundary and connectivity quality (bcd.metrics), mean and std over seeds
     "ours_boundary_iou_mean", "ours_boundary_iou_std", "ours_trimap_iou_mean",
     "ours_trimap_iou_std", "trimap_width", "ours_fragmentation_mean", "ours_fragmentation_std",
+    # paired by seed with the reference row (run `paired_reference`): mIoU, then Boundary IoU
+    "paired_reference", "paired_n", "paired_diff_mean", "paired_diff_ci_low",
+    "paired_diff_ci_high", "paired_diff_per_seed", "verdict",
+    "paired_boundary_iou_diff_mean", "paired_boundary_iou_ci_low",
+    "paired_boundary_iou_ci_high", "paired_boundary_iou_verdict",
+    # training cost (mean over seeds; empty for metrics files without train_cost)
+    "train_s_per_iter", "train_minutes", "peak_mem_mb", "peak_mem_kind",
 ]
 DESCRIPTIVE = ("kd_manner", "gt_mask", "boundary_type", "context_type")
 QUALITY = {"boundary_iou": "mBoundaryIoU", "trimap_iou": "mTrimapIoU@{w}",
            "fragmentation": "mFragmentation"}
+#: Two-sided level of the paired confidence intervals.
+CONFIDENCE = 0.95
+#: Verdicts of a paired comparison (:func:`verdict`).
+GAIN, LOSS, NOT_SIGNIFICANT, UNDEFINED = "gain", "loss", "n.s.", "n/a"
 
 
 class MetricsError(ValueError):
@@ -183,6 +202,118 @@ def _ours(metrics: list[dict], seeds: list) -> dict:
     }
 
 
+def _cost(metrics: list[dict]) -> dict:
+    """Training cost, mean over seeds (NaN unless every seed's metrics have it): seconds per
+    iteration, minutes in all, peak memory (CUDA's peak allocation when every seed trained on
+    CUDA, else the process's peak RSS; ``peak_mem_kind`` says which)."""
+    costs = [m.get("train_cost") if isinstance(m.get("train_cost"), dict) else {}
+             for m in metrics]
+
+    def mean(key, scale=1.0):
+        vals = [c.get(key) for c in costs]
+        return (statistics.fmean(vals) / scale if vals and all(map(_is_number, vals))
+                else math.nan)
+
+    out = {"train_s_per_iter": mean("seconds_per_iter"), "train_minutes": mean("seconds", 60.0),
+           "peak_mem_mb": mean("peak_cuda_mb"), "peak_mem_kind": "cuda"}
+    if not _is_number(out["peak_mem_mb"]):
+        out["peak_mem_mb"], out["peak_mem_kind"] = mean("peak_rss_mb"), "rss"
+    if not _is_number(out["peak_mem_mb"]):
+        out["peak_mem_kind"] = ""
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired comparison with the reference row
+# ----------------------------------------------------------------------------------------------
+def t_quantile(dof: int) -> float:
+    """The two-sided :data:`CONFIDENCE` quantile of Student's t with ``dof`` degrees of freedom
+    (``t_{0.975, dof}``; 4.3027 for 2)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + CONFIDENCE / 2, dof))
+
+
+def verdict(low: float, high: float, n: int) -> str:
+    """``gain`` when the interval lies above zero, ``loss`` below, ``n.s.`` when it holds zero;
+    ``n/a`` with fewer than two seeds (no interval)."""
+    if n < 2 or not (_is_number(low) and _is_number(high)):
+        return UNDEFINED
+    return GAIN if low > 0 else LOSS if high < 0 else NOT_SIGNIFICANT
+
+
+def paired_difference(values: Mapping[Any, float], reference: Mapping[Any, float], *,
+                      row: str = "row", against: str = "reference row") -> dict:
+    """Per-seed differences ``values[s] - reference[s]`` and their Student-t interval.
+
+    ``values``, ``reference``: ``{seed: metric}``. Both must have the same seeds: a seed one
+    side lacks is an error naming it (no seed is dropped). Returns ``seeds`` and ``per_seed``
+    (in ``values``' order), ``n``, ``mean``, ``sd`` (sample standard deviation), ``ci_low`` /
+    ``ci_high`` = mean -+ t_{0.975, n-1} sd / sqrt(n) (NaN with one seed) and ``verdict``.
+    """
+    only_row = [s for s in values if s not in reference]
+    only_ref = [s for s in reference if s not in values]
+    if only_row or only_ref:
+        detail = "; ".join(f"seed(s) {', '.join(map(str, seeds))} missing from {side}"
+                           for seeds, side in ((only_ref, row), (only_row, against)) if seeds)
+        raise MetricsError(f"{row} cannot be paired by seed with {against}: {detail}")
+    seeds = list(values)
+    if not seeds:
+        raise MetricsError(f"{row}: no seeds to pair with {against}")
+    diffs = [float(values[s]) - float(reference[s]) for s in seeds]
+    n, mean = len(diffs), statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if n > 1 else math.nan
+    half = t_quantile(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+    low, high = mean - half, mean + half
+    return {"seeds": seeds, "per_seed": diffs, "n": n, "mean": mean, "sd": sd,
+            "ci_low": low, "ci_high": high, "verdict": verdict(low, high, n)}
+
+
+def _per_seed(metrics: list[dict], key: str) -> dict | None:
+    """``{seed: metrics[key]}``, or None when a seed's metrics lack ``key``."""
+    out = {m["seed"]: m.get(key) for m in metrics}
+    return {s: float(v) for s, v in out.items()} if all(map(_is_number, out.values())) else None
+
+
+def _paired(rec: dict, base: dict | None) -> dict:
+    """The ``paired_*`` / ``verdict`` columns of a row against its reference row ``base``
+    (empty for the reference row itself, the teacher, and a row without a reference)."""
+    out = {"paired_reference": "", "paired_n": math.nan, "paired_diff_mean": math.nan,
+           "paired_diff_ci_low": math.nan, "paired_diff_ci_high": math.nan,
+           "paired_diff_per_seed": "", "verdict": "",
+           "paired_boundary_iou_diff_mean": math.nan, "paired_boundary_iou_ci_low": math.nan,
+           "paired_boundary_iou_ci_high": math.nan, "paired_boundary_iou_verdict": ""}
+    if base is None or base is rec:
+        return out
+    row = f"row {rec['method']!r} (run {rec['run']})"
+    against = f"its reference row {base['method']!r} (run {base['run']})"
+    got = paired_difference(_per_seed(rec["metrics"], METRIC), _per_seed(base["metrics"], METRIC),
+                            row=row, against=against)
+    out.update({"paired_reference": base["run"], "paired_n": got["n"],
+                "paired_diff_mean": got["mean"], "paired_diff_ci_low": got["ci_low"],
+                "paired_diff_ci_high": got["ci_high"],
+                "paired_diff_per_seed": ";".join(repr(v) for v in got["per_seed"]),
+                "verdict": got["verdict"]})
+    key = QUALITY["boundary_iou"]
+    mine, theirs = _per_seed(rec["metrics"], key), _per_seed(base["metrics"], key)
+    if mine is not None and theirs is not None:
+        got = paired_difference(mine, theirs, row=row, against=against)
+        out.update({"paired_boundary_iou_diff_mean": got["mean"],
+                    "paired_boundary_iou_ci_low": got["ci_low"],
+                    "paired_boundary_iou_ci_high": got["ci_high"],
+                    "paired_boundary_iou_verdict": got["verdict"]})
+    return out
+
+
+def reference_row(records: list[dict], rec: dict) -> dict | None:
+    """The row ``rec`` is compared with: the table's first row without distillation that trains
+    the same student model (None for the teacher, or when the table has no such row)."""
+    if rec["role"] == "teacher":
+        return None
+    return next((b for b in records if b["role"] != "teacher" and not b["distill"]
+                 and b["student_model"] == rec["student_model"]), None)
+
+
 # ----------------------------------------------------------------------------------------------
 # The table
 # ----------------------------------------------------------------------------------------------
@@ -198,8 +329,8 @@ def build_table(cfg, name: str):
     records = [{
         "method": table.get("teacher_label") or f"T: {teacher}", "role": "teacher",
         "run": teacher, "paper_method": "teacher", "paper": _paper(table, "teacher"),
-        "student_model": None, "distill": None,
-        **_ours([t_metrics], [cfg["teachers"][teacher]["seed"]]),
+        "student_model": None, "distill": None, "metrics": [t_metrics],
+        **_ours([t_metrics], [cfg["teachers"][teacher]["seed"]]), **_cost([t_metrics]),
     }]
     all_metrics: list[list[dict]] = []
     for row in table["rows"]:
@@ -215,22 +346,24 @@ def build_table(cfg, name: str):
             "paper": _paper(table, row.get("paper_method"), row.get("paper_student")),
             "paper_base": _paper(table, "student", row.get("paper_student")),
             "student_model": spec["student"], "distill": spec.get("distill"),
-            **_ours(metrics, seeds),
+            "metrics": metrics, **_ours(metrics, seeds), **_cost(metrics),
         })
     _check_same_teacher(table, t_metrics, [(row["run"], m) for row, ms in
                                            zip(table["rows"], all_metrics) for m in ms])
-    # Gains: against the first row without distillation that has the same student model.
+    # Gains and paired statistics: against the row's reference row (reference_row).
     for rec in records[1:]:
-        base = next((b for b in records[1:] if not b["distill"]
-                     and b["student_model"] == rec["student_model"]), None)
+        base = reference_row(records, rec)
         rec["ours_gain"] = (rec["ours_miou_mean"] - base["ours_miou_mean"]
                             if base is not None and base is not rec else math.nan)
+        rec.update(_paired(rec, base))
         paper, paper_base = rec["paper"], rec.pop("paper_base")
         rec["paper_gain"] = (round(float(paper["value"]) - float(paper_base["value"]), 2)
                              if paper and paper_base and paper is not paper_base
                              and rec["paper_method"] != "student" else math.nan)
     records[0]["ours_gain"] = records[0]["paper_gain"] = math.nan
+    records[0].update(_paired(records[0], None))
     for rec in records:
+        del rec["metrics"]
         paper = rec.pop("paper")
         for col in DESCRIPTIVE:
             rec[col] = (paper or {}).get(col) or ""
@@ -285,6 +418,20 @@ def _gain(x: float) -> str:
     return f"{x:+.2f}" if _is_number(x) else "--"
 
 
+def _ci_title() -> str:
+    return f"[{CONFIDENCE * 100:.0f}\\% CI]"
+
+
+def format_paired(mean: float, low: float, high: float, verdict_: str) -> str:
+    """``+0.45 [-0.20, +1.10] n.s.``; ``+0.45 n/a`` without an interval; ``--`` without a
+    comparison."""
+    if not _is_number(mean):
+        return "--"
+    if _is_number(low) and _is_number(high):
+        return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] {verdict_}"
+    return f"{mean:+.2f} {verdict_ or UNDEFINED}"
+
+
 def format_table(df):
     """The formatted view (strings, LaTeX-escaped) of a :func:`build_table` frame."""
     import pandas as pd
@@ -298,6 +445,14 @@ def format_table(df):
         if not _is_number(mean):
             return "--"
         return f"{mean:.2f} $\\pm$ {std:.2f}" if _is_number(std) else f"{mean:.2f}"
+
+    reference_runs = set(df["paired_reference"].dropna().astype(str)) - {""}
+
+    def paired(r, stem: str, ci: str, verdict_col: str):
+        if r.role != "teacher" and r.run in reference_runs:
+            return "(reference)"
+        return format_paired(getattr(r, f"{stem}_mean"), getattr(r, f"{ci}_low"),
+                             getattr(r, f"{ci}_high"), getattr(r, verdict_col))
 
     view = {"Method": [_tex_escape(m) for m in df["method"]]}
     if any(df[c].astype(str).str.len().gt(0).any() for c in DESCRIPTIVE):
@@ -315,12 +470,26 @@ def format_table(df):
             "Ours frag. (\\%)": [pm(a, b) for a, b in zip(df["ours_fragmentation_mean"],
                                                         df["ours_fragmentation_std"])],
         }
+    if quality and df["paired_boundary_iou_diff_mean"].notna().any():
+        gains = [paired(r, "paired_boundary_iou_diff", "paired_boundary_iou_ci",
+                        "paired_boundary_iou_verdict") for r in df.itertuples()]
+        items = list(quality.items())  # the B-IoU gain right after the B-IoU
+        quality = dict([items[0], (f"Ours B-IoU gain {_ci_title()}", gains), *items[1:]])
+    cost = {}
+    if df[["train_s_per_iter", "train_minutes", "peak_mem_mb"]].notna().any().any():
+        kinds = sorted(set(df["peak_mem_kind"].dropna().astype(str)) - {""})
+        mem = {"cuda": "Peak CUDA (MB)", "rss": "Peak RSS (MB)"}.get(
+            kinds[0] if len(kinds) == 1 else "", "Peak mem. (MB)")
+        cost = {"s/iter": [f"{v:.3f}" if _is_number(v) else "--" for v in df["train_s_per_iter"]],
+                "Train (min)": [f"{v:.2f}" if _is_number(v) else "--" for v in df["train_minutes"]],
+                mem: [f"{v:.0f}" if _is_number(v) else "--" for v in df["peak_mem_mb"]]}
     return pd.DataFrame({
         **view,
         "Paper mIoU": [_num(v) if _is_number(v) else "--" for v in df["paper_miou"]],
         "Paper gain": [_gain(v) for v in df["paper_gain"]],
         "Ours mIoU": [ours(r) for r in df.itertuples()],
-        "Ours gain": [_gain(v) for v in df["ours_gain"]],
+        f"Ours gain {_ci_title()}": [paired(r, "paired_diff", "paired_diff_ci", "verdict")
+                                for r in df.itertuples()],
         "Seeds": [str(int(n)) for n in df["n_seeds"]],
         "Params (M)": [_num(v) for v in df["params_m"]],
         "FLOPs (G)": [_num(v) for v in df["flops_g"]],
@@ -328,6 +497,7 @@ def format_table(df):
             "Paper FLOPs (G)": [_num(v) for v in df["paper_flops_g"]]}
            if df["paper_params_m"].notna().any() else {}),
         **quality,
+        **cost,
     })
 
 
@@ -339,10 +509,25 @@ def _caption(cfg, name: str, df) -> str:
             else "each row's input size (see the CSV)")
     ours = (f"mean $\\pm$ sample standard deviation over {seeds} seeds" if seeds > 1
             else "one seed")
+    level = f"{CONFIDENCE * 100:.0f}\\%"
+    paired = (f"Our gains are paired by seed: the mean of the per-seed differences to the "
+              f"reference row (the first row without distillation of the same student model), "
+              f"with its {level} Student-t confidence interval over seeds; gain / loss: the "
+              "interval lies above / below zero, n.s.: it holds zero" if seeds > 1 else
+              "Our gains: the difference to the reference row (the first row without "
+              "distillation of the same student model); one seed gives no interval (n/a)")
+    cost = ""
+    if df[["train_s_per_iter", "train_minutes", "peak_mem_mb"]].notna().any().any():
+        cost = (" Training cost, mean over seeds: seconds per iteration (mmengine's iteration "
+                "timer), wall minutes of the training process without the final evaluation, "
+                "and its peak memory (on CUDA the peak allocation, else the peak resident set, "
+                "which for distilled runs includes the teacher); -- where the run's metrics "
+                "predate these records.")
     return (f"{_tex_escape(table['caption'])}. Ours: {ours} (teacher: one run), profile "
             f"{_tex_escape(cfg['profile'])}; our Params and FLOPs are counted by mmengine at "
             f"{size}, the paper's at its own input size. Paper values from "
-            f"{_tex_escape(P.REFERENCE_CSV)}; gains are computed against the student row.")
+            f"{_tex_escape(P.REFERENCE_CSV)}; the paper's gains are against its student row. "
+            f"{paired}.{cost}")
 
 
 def to_latex(cfg, name: str, df) -> str:

@@ -168,6 +168,31 @@ def keep_selected(runner, train: Mapping[str, Any]) -> dict:
             "val_mIoU": float(hub.get_info("best_score")), "checkpoint": Path(path).name}
 
 
+def training_cost(runner, t0: float) -> dict:
+    """What this training process cost, for the weights' meta (and so metrics.json, the tables).
+
+    ``seconds``: wall time since ``t0`` (runner build, training loop, validations during
+    training; not the evaluation that follows). ``seconds_per_iter``: the mean of mmengine's
+    iteration timer (IterTimerHook's ``train/time``: one training iteration, data loading
+    included; restored with the rest of the message hub when a run resumes), None without it.
+    ``peak_rss_mb``: the process's peak resident set so far (``ru_maxrss``, KiB on Linux): for
+    a distilled run the teacher in memory too, and the Python/OpenMMLab runtime.
+    ``peak_cuda_mb``: ``torch.cuda.max_memory_allocated`` (current device) when the process used
+    CUDA, else None. With several processes these are rank 0's.
+    """
+    import resource
+
+    try:
+        per_iter = round(float(runner.message_hub.get_scalar("train/time").mean()), 4)
+    except (KeyError, ValueError, ZeroDivisionError):
+        per_iter = None
+    cuda = (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    return {"seconds": round(time.time() - t0, 1), "seconds_per_iter": per_iter,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_cuda_mb": cuda}
+
+
 def _fingerprint(made_from: Mapping[str, Any]) -> dict:
     """What must match for a killed run to be resumed: its settings, teacher and seed.
 
@@ -247,7 +272,7 @@ def train_teacher(cfg, name: str, launcher: str = "none") -> Path:
     if distributed.is_main():
         save_weights(distributed.unwrap(runner.model), paths["model"],
                      dict(kind="teacher", name=name, model=spec["model"], seed=spec["seed"],
-                          iters=spec["train"]["iters"], seconds=round(time.time() - t0, 1),
+                          iters=spec["train"]["iters"], **training_cost(runner, t0),
                           kept=kept, resumed=resume, processes=world, provenance=made_from))
         del runner
         if world == 1:  # one process: evaluation collectives would wait for the other ranks
@@ -292,7 +317,7 @@ def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
     meta = dict(kind="student", run=run, seed=seed, model=spec["student"]["model"],
                 methods=sorted(spec["methods"]), iters=spec["train"]["iters"],
                 teacher=spec["teacher"]["name"] if spec["methods"] else None,
-                seconds=round(time.time() - t0, 1), kept=kept, resumed=resume,
+                **training_cost(runner, t0), kept=kept, resumed=resume,
                 processes=world, provenance=made_from)
     # The distiller's own weights (connectors, loss heads such as BD's boundary convs, the
     # temperatures): not part of the student, needed by the boundary figure (bcd.figures).

@@ -230,8 +230,20 @@ def _table() -> pd.DataFrame:
                    ours_miou_per_seed="39.5;40.5" if i else "40.0",
                    ours_boundary_iou_mean=20.0 + i, ours_boundary_iou_std=0.3,
                    ours_fragmentation_mean=10.0 - i, ours_fragmentation_std=1.0)
+        row.update(PAIRED.get(method, {}))
         rows.append(row)
     return pd.DataFrame(rows, columns=tables.COLUMNS)
+
+
+# paired gains of the rows over "S: small" (its reference): one n.s., one gain
+PAIRED = {
+    "+BD": dict(paired_reference="S: small", paired_n=3, paired_diff_mean=0.5,
+                paired_diff_ci_low=-0.25, paired_diff_ci_high=1.25,
+                paired_diff_per_seed="0.0;0.5;1.0", verdict="n.s."),
+    "+BD+CD+WD": dict(paired_reference="S: small", paired_n=3, paired_diff_mean=2.0,
+                      paired_diff_ci_low=1.5, paired_diff_ci_high=2.5,
+                      paired_diff_per_seed="1.8;2.0;2.2", verdict="gain"),
+}
 
 
 def test_plot_ablation(tmp_path):
@@ -241,7 +253,7 @@ def test_plot_ablation(tmp_path):
     axes = fig.get_axes()
     assert [a.get_title() for a in axes] == ["Ours: mIoU", "Ours: Boundary IoU",
                                              "Ours: fragmentation (lower is better)",
-                                             "Paper (reported): mIoU"]
+                                             "Paper (reported): mIoU", F.PAIRED_TITLE]
     assert all(a.get_ylabel() for a in axes)
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["S: small", "+BD", "+BD+CD+WD"]
     bars = [p.get_height() for p in axes[0].patches]
@@ -253,6 +265,43 @@ def test_plot_ablation(tmp_path):
     old = df.drop(columns=["ours_boundary_iou_mean", "ours_fragmentation_mean"])
     texts = [t.get_text() for a in F.plot_ablation(old).get_axes() for t in a.texts]
     assert sum("no values in column" in t for t in texts) == 2
+
+
+def test_ablation_draws_the_paired_intervals(tmp_path):
+    from matplotlib.container import ErrorbarContainer
+
+    df = _table()
+    df.to_csv(tmp_path / "table.csv", index=False)
+    ax = F.plot_ablation(pd.read_csv(tmp_path / "table.csv")).get_axes()[4]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    by_label = {c.get_label(): c for c in bars}
+    assert set(by_label) == {"gain: CI above 0", "n.s.: CI holds 0"}
+    # x: the rows S: small (0), +BD (1), +BD+CD+WD (2); each bar spans the CI
+    (ns_segments,) = [lc.get_segments() for lc in by_label["n.s.: CI holds 0"].lines[2]]
+    np.testing.assert_allclose(ns_segments, [[[1, -0.25], [1, 1.25]]])
+    (gain_segments,) = [lc.get_segments() for lc in by_label["gain: CI above 0"].lines[2]]
+    np.testing.assert_allclose(gain_segments, [[[2, 1.5], [2, 2.5]]])
+    np.testing.assert_allclose(by_label["gain: CI above 0"].lines[0].get_xydata(), [[2, 2.0]])
+    # the verdicts are written beside the bars, the reference row sits at 0
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["+0.50 n.s.", "+2.00 gain"]
+    ref = next(line for line in ax.get_lines() if line.get_label() == "reference row")
+    np.testing.assert_allclose(ref.get_xydata(), [[0, 0.0]])
+    seeds = [c for c in ax.collections if c.get_label() == "seeds (per-seed Δ)"]
+    assert len(seeds) == 1 and len(seeds[0].get_offsets()) == 3
+    lo, hi = ax.get_ylim()
+    assert lo < -0.25 and hi > 2.5
+    # one seed: a hollow marker, no bar; a table without paired columns: the panel says so
+    one = df.copy()
+    one.loc[3, ["paired_diff_ci_low", "paired_diff_ci_high"]] = math.nan
+    one.loc[3, "verdict"] = "n/a"
+    ax = F.plot_ablation(one).get_axes()[4]
+    assert [c.get_label() for c in ax.containers if isinstance(c, ErrorbarContainer)] == [
+        "n.s.: CI holds 0"]
+    assert any(line.get_label() == "one seed: no interval (n/a)" for line in ax.get_lines())
+    old = df.drop(columns=[c for c in df.columns if c.startswith("paired_") or c == "verdict"])
+    texts = [t.get_text() for t in F.plot_ablation(old).get_axes()[4].texts]
+    assert any("no paired differences" in t for t in texts)
 
 
 def test_a_failed_save_leaves_no_file(tmp_path, monkeypatch):

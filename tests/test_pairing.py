@@ -63,7 +63,7 @@ def _algorithm(teacher_ckpt, kind="PairedTeacherDistill"):
     from mmrazor.registry import MODELS
 
     cfg = _config(teacher_ckpt, METHODS, "unused").model.to_dict()
-    cfg["type"] = kind
+    cfg.update(type=kind, teacher_ckpt=teacher_ckpt and str(teacher_ckpt))
     return MODELS.build(cfg)
 
 
@@ -118,9 +118,30 @@ def test_student_init_independent_of_the_distiller(teacher_ckpt):
     assert plain.keys() == paired.keys()
     assert not [k for k in plain if not torch.equal(plain[k], paired[k])]
     assert torch.equal(plain_rng, paired_rng)  # and the stream after initialisation is the same
+    # without a checkpoint the teacher is initialised by init_weights, after the student
+    paired, paired_rng = _initial_student(lambda: _algorithm(None))
+    assert not [k for k in plain if not torch.equal(plain[k], paired[k])]
+    assert torch.equal(plain_rng, paired_rng)
     # the fault: mmrazor's algorithm builds the distiller and the teacher on the student's stream
     unpaired, _ = _initial_student(lambda: _algorithm(teacher_ckpt, "SingleTeacherDistill"))
     assert [k for k in plain if not torch.equal(plain[k], unpaired[k])]
+
+
+def test_training_seed_hook_resets_the_streams():
+    from types import SimpleNamespace
+
+    from bcd.mm.distill import TrainingSeedHook, training_seed
+
+    states = []
+    for draws in (0, 5):
+        torch.rand(draws), np.random.rand(draws), [random.random() for _ in range(draws)]
+        TrainingSeedHook().before_train(SimpleNamespace(seed=SEED))
+        states.append((torch.get_rng_state(), np.random.get_state()[1].copy(), random.random()))
+    assert torch.equal(states[0][0], states[1][0]) and np.array_equal(states[0][1], states[1][1])
+    assert states[0][2] == states[1][2]
+    torch.manual_seed(SEED)
+    assert not torch.equal(torch.get_rng_state(), states[0][0])  # not the initialisation's seed
+    assert training_seed(SEED) != training_seed(SEED + 1)
 
 
 @pytest.fixture(scope="module")

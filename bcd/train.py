@@ -1,7 +1,9 @@
 """Stage commands that train: the teacher fine-tuning and the student runs (with or without KD).
 
-Both go through mmengine's Runner with mmseg models and datasets; distillation runs use mmrazor's
-``SingleTeacherDistill`` + ``ConfigurableDistiller`` configured by :mod:`bcd.mm.configs`.
+Both go through mmengine's Runner with mmseg models and datasets; distillation runs use
+:class:`bcd.mm.distill.PairedTeacherDistill` (mmrazor's ``SingleTeacherDistill``, teacher entirely
+in eval mode, seeds paired with plain runs) + ``ConfigurableDistiller`` configured by
+:mod:`bcd.mm.configs`.
 
 ``launcher='pytorch'`` (``--launcher pytorch`` under ``torchrun --nproc_per_node N``) trains with
 N processes (:mod:`bcd.mm.distributed`): each reads its own shard of the data with the params'

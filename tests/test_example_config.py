@@ -25,6 +25,8 @@ def test_example_config_builds_bcd_distiller():
     model_cfg = compat.syncbn_to_bn(cfg.model.to_dict())
     model_cfg["teacher_ckpt"] = None  # the user's fine-tuned teacher; not available here
     algo = MODELS.build(model_cfg)
+    assert type(algo).__name__ == "PairedTeacherDistill"
+    assert "TrainingSeedHook" in [h["type"] for h in cfg.custom_hooks]
     losses = algo.distiller.distill_losses
     assert type(losses["loss_bd"]).__name__ == "BoundaryDistillLoss" and losses["loss_bd"].loss_weight == 10
     assert type(losses["loss_cd"]).__name__ == "ContextDistillLoss"

@@ -3,10 +3,11 @@
 Importing this package applies the torch-2.13 compatibility patches (:mod:`bcd.mm.compat`) and
 registers bcd's modules so that any mmrazor/mmseg config can name them:
 
-- mmrazor ``MODELS``: ``BoundaryDistillLoss``, ``ContextDistillLoss`` (losses),
+- mmrazor ``MODELS``: ``PairedTeacherDistill`` (the distillation algorithm, :mod:`bcd.mm.distill`),
+  ``BoundaryDistillLoss``, ``ContextDistillLoss`` (losses),
   ``HierarchicalFusion`` and ``SegDataSampleLabels`` (connectors);
 - mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
-  ``DistillScalarsHook``, ``TrainLogHook``, ``RNGStateHook``; mmengine ``LOOPS``:
+  ``DistillScalarsHook``, ``TrainLogHook``, ``RNGStateHook``, ``TrainingSeedHook``; mmengine ``LOOPS``:
   ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`); for multi-process
   runs (:mod:`bcd.mm.distributed`) ``SyncNormBuffersHook`` and the model wrapper
   ``BCDDistributedDataParallel``;
@@ -31,3 +32,4 @@ from . import metrics  # noqa: E402,F401
 from . import datasets  # noqa: E402,F401
 from . import models  # noqa: E402,F401  (ResNetV1c38, EfficientNetB1, ESPNetC, ESPNetHead)
 from . import distributed  # noqa: E402,F401  (DDP wrapper, SyncNormBuffersHook)
+from . import distill  # noqa: E402,F401  (PairedTeacherDistill, TrainingSeedHook)

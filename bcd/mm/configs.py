@@ -572,7 +572,9 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
             checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=ckpt_interval,
                             max_keep_ckpts=2, save_last=True, **_select_best(train)),
             sampler_seed=dict(type="DistSamplerSeedHook")),
+        # bcd.mm.distill: every run of a seed starts training from the same random stream
         custom_hooks=[dict(type="NonFiniteLossHook"), dict(type="RNGStateHook"),
+                      dict(type="TrainingSeedHook"),
                       dict(type="TrainLogHook", out_file=str(log_file),
                            interval=max(1, iters // 100)), *extra_hooks],
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend=distributed.backend())),
@@ -633,7 +635,9 @@ def distill_config(*, student_spec, teacher_spec, teacher_ckpt, methods, decay_s
     teacher = segmentor(teacher_spec, nc, crop)
     model = dict(
         _scope_="mmrazor",
-        type="SingleTeacherDistill",
+        # mmrazor's SingleTeacherDistill with the teacher entirely in eval mode and the student
+        # initialised as in the plain run of the same seed (bcd.mm.distill)
+        type="PairedTeacherDistill",
         data_preprocessor=data_preprocessor(crop),
         architecture=student,
         teacher=teacher,

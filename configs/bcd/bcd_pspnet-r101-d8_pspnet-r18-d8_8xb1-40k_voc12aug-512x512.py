@@ -50,7 +50,9 @@ temperature = dict(init=1.0, factor=1.05, threshold=0.5)
 
 model = dict(
     _scope_='mmrazor',
-    type='SingleTeacherDistill',
+    # mmrazor's SingleTeacherDistill with the whole teacher in eval mode (no dropout) and the
+    # student initialised as a plain run of the same seed (bcd.mm.distill)
+    type='PairedTeacherDistill',
     data_preprocessor=data_preprocessor,
     architecture=pspnet(18, 64, 'open-mmlab://resnet18_v1c'),
     teacher=pspnet(101, 64, None),
@@ -89,5 +91,6 @@ custom_hooks = [
     dict(type='DistillLossDecayHook', loss_names=['loss_bd', 'loss_cd']),  # r(t), Eq. 7-8
     dict(type='DistillScalarsHook'),
     dict(type='NonFiniteLossHook'),
+    dict(type='TrainingSeedHook'),  # training draws start from the seed's stream (bcd.mm.distill)
 ]
 find_unused_parameters = True

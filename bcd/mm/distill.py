@@ -1,0 +1,114 @@
+"""Fair distillation runs: a teacher entirely in eval mode, and seeds paired with plain runs.
+
+Two things made mmrazor's ``SingleTeacherDistill`` bias every comparison between a plain run and
+a distilled run of one seed (docs/method.md, "Fair comparisons: teacher mode and paired seeds"):
+
+1. Its ``train()`` puts only the teacher's BatchNorm layers in eval mode; the mmseg heads'
+   dropout (p = 0.1) stayed active, so every method distilled from a randomly perturbed teacher
+   whose dropout masks also consumed the global random numbers.
+2. Building the distiller and the teacher draws random numbers after the student is built, and
+   their weight initialisation draws more, so the student's own initialisation and the training
+   stream (augmentation, student dropout) depended on which distiller was built.
+
+:class:`PairedTeacherDistill` fixes both for the model; :class:`TrainingSeedHook` re-seeds the
+global generators from the run's seed right before the first iteration, so every run of a seed
+(any model, plain or distilled) starts training from the same random stream.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+from mmrazor.models.algorithms import SingleTeacherDistill
+from mmrazor.registry import MODELS
+
+from bcd.mm.resume import capture_rng_state, restore_rng_state
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block without moving the global Python, numpy and torch random streams."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
+
+
+def training_seed(seed: int) -> int:
+    """The seed the global generators get right before training (derived from the run's seed,
+    so training draws do not replay the weight initialisation's stream)."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, 0x62636474]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (torch: every CUDA device too)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@MODELS.register_module(force=True)
+class PairedTeacherDistill(SingleTeacherDistill):
+    """mmrazor's ``SingleTeacherDistill`` with the teacher entirely in eval mode and the student
+    on the seed's random stream as in a plain run.
+
+    - Teacher mode: after every ``train()`` call and before every teacher forward, every module
+      of the (non-trainable) teacher has ``training == False``: no dropout, no drop-path, frozen
+      BatchNorm statistics (mmrazor's ``teacher_norm_eval`` covered BatchNorm only).
+    - Paired seeds: the student is built first; the distiller (connectors, learnable loss heads)
+      and the teacher (built, initialised and loaded) are built with the global generators
+      restored afterwards, and :meth:`init_weights` initialises the student first and the rest
+      with the generators restored. The student therefore gets the very weights a plain run of
+      the same seed gets, and the stream after initialisation is the plain run's too.
+
+    Arguments are ``SingleTeacherDistill``'s. With ``teacher_trainable=True`` the teacher keeps
+    mmrazor's behaviour (it trains).
+    """
+
+    def __init__(self, architecture, **kwargs) -> None:
+        if isinstance(architecture, dict):
+            architecture = MODELS.build(architecture)
+        with preserved_rng():
+            super().__init__(architecture=architecture, **kwargs)
+        self._teacher_eval()
+
+    def init_weights(self) -> None:
+        if not self.student.is_init:
+            self.student.init_weights()  # on the global stream, as a plain run's model
+        with preserved_rng():
+            super().init_weights()
+
+    def _teacher_eval(self) -> None:
+        if not self.teacher_trainable:
+            self.teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._teacher_eval()
+        return self
+
+    def loss(self, batch_inputs, data_samples=None):
+        self._teacher_eval()  # whatever set modules of the teacher to training since train()
+        return super().loss(batch_inputs, data_samples)
+
+
+@HOOKS.register_module(force=True)
+class TrainingSeedHook(Hook):
+    """Re-seed the global generators with :func:`training_seed` of ``runner.seed`` before the
+    first iteration (after the model is built and initialised).
+
+    Every run of one seed then draws its augmentation and dropout from the same stream, whatever
+    its model's construction consumed. On resume, :class:`bcd.mm.resume.ResumableIterBasedTrainLoop`
+    restores the checkpoint's states afterwards, so exact resume is unchanged.
+    """
+
+    priority = "VERY_HIGH"
+
+    def before_train(self, runner) -> None:
+        seed_everything(training_seed(runner.seed))

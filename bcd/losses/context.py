@@ -128,7 +128,9 @@ class ContextDistillLoss(nn.Module):
             over the ``N hw`` row distributions of their KL (like mmrazor's CWD, which divides
             by the number of distributions); ``'entry'`` = mean over all ``N hw hw`` entries
             (``F.kl_div(..., reduction='mean')``), i.e. ``'row'`` divided by ``hw``.
-            Default ``'entry'`` (docs/method.md explains the choice).
+            Under ``'row'`` the per-pixel gradient relative to a pixel-mean loss (the CE) does
+            not depend on the map size, so beta means the same at 8x8 and 64x64; under
+            ``'entry'`` it falls as ``1 / hw``. Default ``'entry'`` (docs/method.md).
         block_size: rows of the relation matrices per block; ``None`` or ``0`` materialises the
             ``HW x HW`` matrices (the reference). Default :data:`DEFAULT_BLOCK_SIZE` (256).
         teacher_features: what ``preds_T`` is: ``'fused'``, ``'head'`` or ``'logits'`` (see

@@ -280,6 +280,9 @@ def _schema_errors(cfg) -> list[tuple[tuple, str]]:
             out.append((path, f"{err.instance!r} is not {err.schema['description']}"))
         elif kind == "minProperties" and err.validator_value == 1:
             out.append((path, "must not be empty"))
+        elif kind == "anyOf" and err.schema.get("description"):
+            out.append((path, f"{err.instance!r} is not valid: expected "
+                              f"{' '.join(err.schema['description'].split())}"))
         else:
             out.append((path, err.message))
     return out
@@ -332,6 +335,14 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
         if distill and teacher is None:
             out.append((where + ("distill",),
                         f"distillation needs a teacher: set runs.{name}.teacher"))
+        shared = {m: methods[m] for m in distill
+                  if methods.get(m, {}).get("type") in ("BoundaryDistillLoss", "ContextDistillLoss")}
+        for key, default in (("fused_channels", 256), ("teacher_fusion_seed", "run")):
+            values = {m: settings.get(key, default) for m, settings in shared.items()}
+            if len(set(values.values())) > 1:
+                out.append((where + ("distill",),
+                            f"BD and CD share one hierarchical connector, but their {key} "
+                            f"differ: {values}"))
         if teacher is not None and not distill:
             out.append((where + ("teacher",),
                         f"a teacher but no distill methods: set runs.{name}.distill or drop "

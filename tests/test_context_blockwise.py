@@ -91,6 +91,62 @@ def test_gradcheck_float64(block_size):
     assert torch.autograd.gradcheck(lambda x: loss(x, t), (s,))
 
 
+@pytest.mark.parametrize("block_size", [1, 4, 7, 1000])
+@pytest.mark.parametrize("teacher_channels", [3, 11])  # fewer and more than the student's 6
+def test_teacher_with_other_channels_matches_naive(block_size, teacher_channels):
+    """teacher_features 'head'/'logits': d of Eq. 4 is each side's own channel count."""
+    gen = torch.Generator().manual_seed(4)
+    t = torch.randn(2, teacher_channels, 5, 7, generator=gen)
+    s = torch.randn(2, 6, 5, 7, generator=gen).requires_grad_(True)
+    ref = relation_kl_naive(t, s, 1.4)
+    weights = torch.rand(2, 35, generator=gen)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), s, retain_graph=True)
+    rows = relation_kl_blockwise(t, s, 1.4, block_size)
+    (g_rows,) = torch.autograd.grad((rows * weights).sum(), s)
+    _close(rows, ref.detach(), 1e-4)
+    _close(g_rows, g_ref, 1e-4)
+    sums = relation_kl_sum(t, s, 1.4, block_size)
+    (g_sums,) = torch.autograd.grad((sums * weights[:, 0]).sum(), s)
+    (g_ref_sums,) = torch.autograd.grad((ref.sum(dim=-1) * weights[:, 0]).sum(), s)
+    _close(sums, ref.sum(dim=-1).detach(), 1e-4)
+    _close(g_sums, g_ref_sums, 1e-4)
+    # d = C_t on the teacher side: the naive logits are X_t^T X_t / sqrt(C_t)
+    torch.testing.assert_close(relation_logits(t)[0, 1, 2],
+                               (t[0].flatten(1)[:, 1] @ t[0].flatten(1)[:, 2]) / teacher_channels ** 0.5)
+
+
+def test_teacher_with_other_channels_float64_gradcheck_and_module():
+    gen = torch.Generator().manual_seed(5)
+    t = torch.randn(2, 5, 2, 3, generator=gen, dtype=torch.float64)
+    s = torch.randn(2, 3, 2, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    ref = relation_kl_naive(t, s, 1.3)
+    (g_ref,) = torch.autograd.grad(ref.sum(), s)
+    for fn in (relation_kl_blockwise, lambda *a: relation_kl_sum(*a)):
+        got = fn(t, s, 1.3, 4)
+        (g_got,) = torch.autograd.grad(got.sum(), s)
+        torch.testing.assert_close(got.sum(), ref.sum().detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g_got, g_ref, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: relation_kl_blockwise(t, x, 1.5, 4), (s,),
+                                    fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x: relation_kl_sum(t, x, 0.7, 4), (s,))
+    # the module, blockwise vs materialised, teacher of another width and size
+    t_big = torch.randn(2, 5, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for block_size in (0, 4):
+        loss = ContextDistillLoss(in_channels=3, teacher_features="head", teacher_channels=5,
+                                  reduction="row", block_size=block_size).double()
+        x = s.detach().clone().requires_grad_(True)
+        value = loss(x, t_big)
+        value.backward()
+        outs.append((value.detach(), x.grad, loss.student_align.weight.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert t_big.grad is None
+    loss = ContextDistillLoss(in_channels=3, teacher_features="logits", teacher_channels=5,
+                              block_size=4).double()
+    assert torch.autograd.gradcheck(lambda x: loss(x, t_big), (s.detach().requires_grad_(True),))
+
+
 def test_teacher_receives_no_gradient():
     t, s = _features((2, 4, 3, 3))
     t.requires_grad_(True)

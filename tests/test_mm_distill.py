@@ -70,6 +70,20 @@ def test_one_distillation_step_reaches_student_only(teacher_ckpt):
     assert bd.student_conv.weight.grad is not None
 
 
+@pytest.mark.parametrize("choice", ["head", "logits"])
+def test_cd_on_the_teacher_head_or_logits_reaches_student_only(teacher_ckpt, choice):
+    """CD's teacher_features: the teacher's decoder features or logits, no teacher fusion."""
+    algo = _algorithm(teacher_ckpt, {"cd": dict(BCD["cd"], teacher_features=choice)})
+    assert set(algo.distiller.connectors) == {"s_fuse"}
+    inputs, samples = _batch()
+    losses = algo(inputs, samples, mode="loss")
+    losses["distill.loss_cd"].backward()
+    assert losses["distill.loss_cd"].item() > 0
+    assert all(p.grad is None for p in algo.teacher.parameters()), "teacher received gradients"
+    assert sum(p.grad.abs().sum() for p in algo.student.backbone.parameters()
+               if p.grad is not None) > 0
+
+
 def test_teacher_weights_loaded_and_frozen(teacher_ckpt):
     from bcd.train import load_weights
 

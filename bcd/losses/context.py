@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schedule import AdaptiveTemperature, build_temperature
+from ._checks import check_maps
 from .boundary import check_feature_pair
 from .relation import (
     DEFAULT_BLOCK_SIZE,
@@ -34,6 +35,7 @@ __all__ = [
 _ALIGN = ("conv1x1", "none")
 _NORMALIZE = ("channel", "none")
 _REDUCTION = ("row", "entry")
+_TEACHER_FEATURES = ("fused", "head", "logits")
 
 
 def standardize_channels(feat: Tensor, eps: float = 1e-5) -> Tensor:
@@ -107,6 +109,13 @@ class ContextDistillLoss(nn.Module):
     the pass is repeated at the new tau, so the result is exactly that of the materialised
     computation (``block_size=None`` or ``0``), which updates tau before computing the loss.
 
+    Teacher features (``teacher_features``): ``'fused'`` (default) is ``T^c``, the teacher-side
+    hierarchical fusion, of the student's shape; ``'head'`` (the teacher decoder's last feature
+    map, the classifier's input) and ``'logits'`` (the teacher's class logits) have their own
+    channels ``teacher_channels`` and are resized bilinearly (``align_corners=False``) to the
+    student's ``H x W`` when their size differs. The relation matrices are ``hw x hw`` on both
+    sides, and ``d`` of Eq. 4 is each side's own channel count.
+
     Args:
         in_channels: channels ``C`` of the fused features. Default ``256``.
         loss_weight: beta of Eq. 6. Default ``50.0``.
@@ -119,12 +128,19 @@ class ContextDistillLoss(nn.Module):
             over the ``N hw`` row distributions of their KL (like mmrazor's CWD, which divides
             by the number of distributions); ``'entry'`` = mean over all ``N hw hw`` entries
             (``F.kl_div(..., reduction='mean')``), i.e. ``'row'`` divided by ``hw``.
-            Default ``'entry'`` (docs/method.md explains the choice).
+            Under ``'row'`` the per-pixel gradient relative to a pixel-mean loss (the CE) does
+            not depend on the map size, so beta means the same at 8x8 and 64x64; under
+            ``'entry'`` it falls as ``1 / hw``. Default ``'entry'`` (docs/method.md).
         block_size: rows of the relation matrices per block; ``None`` or ``0`` materialises the
             ``HW x HW`` matrices (the reference). Default :data:`DEFAULT_BLOCK_SIZE` (256).
+        teacher_features: what ``preds_T`` is: ``'fused'``, ``'head'`` or ``'logits'`` (see
+            above; the distiller config maps the matching tap). Default ``'fused'``.
+        teacher_channels: channels of ``preds_T``; ``None`` means ``in_channels`` (required to
+            be ``in_channels`` for ``'fused'``). Default ``None``.
 
     Shapes:
-        preds_S, preds_T: ``(N, C, H, W)``. Output: scalar.
+        preds_S: ``(N, C, H, W)``; preds_T: ``(N, C, H, W)`` for ``'fused'``, else
+        ``(N, teacher_channels, H_T, W_T)``. Output: scalar.
     """
 
     def __init__(
@@ -136,10 +152,27 @@ class ContextDistillLoss(nn.Module):
         normalize: str = "channel",
         reduction: str = "entry",
         block_size: int | None = DEFAULT_BLOCK_SIZE,
+        teacher_features: str = "fused",
+        teacher_channels: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"ContextDistillLoss: in_channels must be an int >= 1, got {in_channels!r}")
+        if teacher_features not in _TEACHER_FEATURES:
+            raise ValueError(f"ContextDistillLoss: teacher_features must be one of "
+                             f"{_TEACHER_FEATURES}, got {teacher_features!r}")
+        if teacher_channels is None:
+            teacher_channels = in_channels
+        if (isinstance(teacher_channels, bool) or not isinstance(teacher_channels, int)
+                or teacher_channels < 1):
+            raise ValueError("ContextDistillLoss: teacher_channels must be None or an int >= 1, "
+                             f"got {teacher_channels!r}")
+        if teacher_features == "fused" and teacher_channels != in_channels:
+            raise ValueError("ContextDistillLoss: teacher_features='fused' reads the shared "
+                             f"connector, so teacher_channels ({teacher_channels}) must equal "
+                             f"in_channels ({in_channels})")
+        self.teacher_features = teacher_features
+        self.teacher_channels = teacher_channels
         if align not in _ALIGN:
             raise ValueError(f"ContextDistillLoss: align must be one of {_ALIGN}, got {align!r}")
         if normalize not in _NORMALIZE:
@@ -166,7 +199,25 @@ class ContextDistillLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"loss_weight={self.loss_weight}, align={self.align!r}, "
                 f"normalize={self.normalize!r}, reduction={self.reduction!r}, "
-                f"block_size={self.block_size}")
+                f"block_size={self.block_size}, teacher_features={self.teacher_features!r}")
+
+    def _teacher_map(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
+        """Check the pair; the teacher map at the student's ``H x W`` (detached)."""
+        name = "ContextDistillLoss"
+        if self.teacher_features == "fused":
+            check_feature_pair(name, preds_S, preds_T, self.in_channels)
+            return preds_T.detach()
+        check_maps(name, preds_S, preds_T)
+        if preds_S.shape[1] != self.in_channels or preds_T.shape[1] != self.teacher_channels:
+            raise ValueError(
+                f"{name}: expected preds_S with in_channels = {self.in_channels} and preds_T "
+                f"({self.teacher_features!r}) with teacher_channels = {self.teacher_channels} "
+                f"channels, got {tuple(preds_S.shape)} and {tuple(preds_T.shape)}")
+        t = preds_T.detach()
+        if t.shape[-2:] != preds_S.shape[-2:]:
+            t = nn.functional.interpolate(t, size=preds_S.shape[-2:], mode="bilinear",
+                                          align_corners=False)
+        return t
 
     def aligned_student(self, preds_S: Tensor) -> Tensor:
         """``O(S^c)``: the student alignment (weights cast to the input's dtype)."""
@@ -177,10 +228,10 @@ class ContextDistillLoss(nn.Module):
 
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Weighted mean row KL of the self-relations; see the class doc."""
-        check_feature_pair("ContextDistillLoss", preds_S, preds_T, self.in_channels)
+        t_feat = self._teacher_map(preds_S, preds_T)
         dtype = torch.promote_types(preds_S.dtype, preds_T.dtype)
         s_feat = self.aligned_student(preds_S.to(dtype))
-        t_feat = preds_T.to(dtype).detach()
+        t_feat = t_feat.to(dtype)
         if self.normalize == "channel":
             s_feat, t_feat = standardize_channels(s_feat), standardize_channels(t_feat)
         adaptive = self.training and self.temperature.factor != 1.0

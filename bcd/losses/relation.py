@@ -2,10 +2,12 @@
 
 Notation (one sample; the batch dimension ``N`` is carried along everywhere). ``X_t`` and
 ``X_s`` are the teacher's and the student's features ``O(T^c)``, ``O(S^c)`` flattened to
-``(C, M)``, ``M = HW``, ``d = C``; with ``a = 1 / (sqrt(d) tau)`` the tempered relation logits
-of Eq. 4 and their row distributions are::
+``(C_t, M)`` and ``(C_s, M)``, ``M = HW``; ``d`` of Eq. 4 is each side's own channel count
+(the relation matrices are ``M x M`` whatever the channels, so ``C_t`` may differ from ``C_s``).
+With ``a_t = 1 / (sqrt(C_t) tau)``, ``a = a_s = 1 / (sqrt(C_s) tau)`` the tempered relation
+logits of Eq. 4 and their row distributions are::
 
-    T = a X_t^T X_t,   S = a X_s^T X_s                         (M x M)
+    T = a_t X_t^T X_t,   S = a X_s^T X_s                       (M x M)
     p_i = softmax(T_i),   q_i = softmax(S_i)                   (row i)
     L_i = tau^2 KL(p_i || q_i) = tau^2 sum_j p_ij (log p_ij - log q_ij)       (Eq. 5, per row)
 
@@ -61,7 +63,8 @@ def relation_logits(feat: Tensor) -> Tensor:
     """Self-relation logits ``X^T X / sqrt(d)`` of Eq. 4 (before the tempered softmax).
 
     Args:
-        feat: features ``(N, C, H, W)``; ``X`` is ``feat`` flattened to ``(N, C, HW)``, ``d = C``.
+        feat: features ``(N, C, H, W)``; ``X`` is ``feat`` flattened to ``(N, C, HW)``, ``d = C``
+            (each side of Eq. 4 uses its own ``C``).
 
     Returns:
         ``(N, HW, HW)`` tensor; row ``i`` holds the scaled inner products of pixel ``i`` with
@@ -78,13 +81,14 @@ def relation_kl_naive(t_feat: Tensor, s_feat: Tensor, tau: float) -> Tensor:
     autograd differentiate them (memory ``O(N HW^2)``). The teacher side is detached.
 
     Args:
-        t_feat: teacher features ``O(T^c)``, ``(N, C, H, W)``.
-        s_feat: student features ``O(S^c)``, ``(N, C, H, W)``.
+        t_feat: teacher features ``O(T^c)``, ``(N, C_t, H, W)``.
+        s_feat: student features ``O(S^c)``, ``(N, C_s, H, W)`` (``C_s`` may differ from ``C_t``).
         tau: temperature, ``> 0``.
 
     Returns:
         ``(N, HW)`` KL value of every row ``i`` of the relation matrices.
     """
+    _check_pair("relation_kl_naive", t_feat, s_feat)
     return tempered_kl(relation_logits(t_feat.detach()), relation_logits(s_feat), tau, dim=-1)
 
 
@@ -98,9 +102,7 @@ def _check(name: str, t_feat: Tensor, s_feat: Tensor | None, tau: float, block_s
             raise ValueError(f"{name}: features must be floating point (N, C, H, W) tensors, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
     if s_feat is not None:
-        if t_feat.shape != s_feat.shape:
-            raise ValueError(f"{name}: teacher {tuple(t_feat.shape)} and student "
-                             f"{tuple(s_feat.shape)} features must have the same shape")
+        _check_pair(name, t_feat, s_feat)
         if t_feat.dtype != s_feat.dtype or t_feat.device != s_feat.device:
             raise ValueError(f"{name}: teacher ({t_feat.dtype}, {t_feat.device}) and student "
                              f"({s_feat.dtype}, {s_feat.device}) features must share dtype and "
@@ -110,6 +112,15 @@ def _check(name: str, t_feat: Tensor, s_feat: Tensor | None, tau: float, block_s
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"{name}: block_size must be an int >= 1, got {block_size!r}")
     return block_size
+
+
+def _check_pair(name: str, t_feat: Tensor, s_feat: Tensor) -> None:
+    """Same ``N, H, W`` on both sides (the channels may differ: ``d`` is each side's own)."""
+    if (t_feat.dim() != 4 or s_feat.dim() != 4 or t_feat.shape[0] != s_feat.shape[0]
+            or t_feat.shape[2:] != s_feat.shape[2:]):
+        raise ValueError(f"{name}: teacher {tuple(t_feat.shape)} and student "
+                         f"{tuple(s_feat.shape)} features must have the same shape except "
+                         "for the channels (N, H, W)")
 
 
 class _Blocks:
@@ -166,6 +177,11 @@ def _merge_extremes(parts: list[Tensor]) -> Tensor:
                         ext[:, 3].min().exp()])
 
 
+def _alphas(xt: Tensor, xs: Tensor, tau: float) -> tuple[float, float]:
+    """``(a_s, a_t)`` = ``1 / (sqrt(C) tau)`` of the student's and the teacher's ``(N, C, M)``."""
+    return 1.0 / (math.sqrt(xs.shape[1]) * tau), 1.0 / (math.sqrt(xt.shape[1]) * tau)
+
+
 def _row_blocks(m: int, b: int):
     for r0 in range(0, m, b):
         yield r0, min(r0 + b, m)
@@ -180,7 +196,7 @@ class _RelationKLRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xt: Tensor, xs: Tensor, tau: float, block_size: int) -> Tensor:
         n, c, m = xs.shape
-        alpha = 1.0 / (math.sqrt(c) * tau)
+        alpha, alpha_t = _alphas(xt, xs, tau)
         b = min(block_size, m)
         xt_rows, xs_rows = xt.transpose(1, 2), xs.transpose(1, 2)  # (N, M, C) views
         buf = _Blocks(3, n, b, m, xs)
@@ -189,7 +205,7 @@ class _RelationKLRows(torch.autograd.Function):
         lse_s = xs.new_empty(n, m)
         for r0, r1 in _row_blocks(m, b):
             z, log_p, log_q = buf.views(r1 - r0)  # z: logits, then scratch
-            _logits(z, xt_rows[:, r0:r1], xt, alpha)  # T[R, :], tempered teacher logits
+            _logits(z, xt_rows[:, r0:r1], xt, alpha_t)  # T[R, :], tempered teacher logits
             torch.log_softmax(z, dim=-1, out=log_p)
             _store_lse(lse_t[:, r0:r1], z, log_p)
             _logits(z, xs_rows[:, r0:r1], xs, alpha)  # S[R, :]
@@ -209,7 +225,7 @@ class _RelationKLRows(torch.autograd.Function):
         xt, xs, lse_t, lse_s = ctx.saved_tensors
         tau, b = ctx.tau, ctx.block_size
         n, c, m = xs.shape
-        alpha = 1.0 / (math.sqrt(c) * tau)
+        alpha, alpha_t = _alphas(xt, xs, tau)
         coef = tau * tau * alpha  # tau^2 from the loss, a from S = a X_s^T X_s
         xt_rows, xs_rows = xt.transpose(1, 2), xs.transpose(1, 2)  # (N, M, C) views
         grad_rows = grad_rows.to(xs.dtype)
@@ -217,7 +233,7 @@ class _RelationKLRows(torch.autograd.Function):
         buf = _Blocks(2, n, b, m, xs)
         for r0, r1 in _row_blocks(m, b):
             p, q = buf.views(r1 - r0)
-            _logits(p, xt_rows[:, r0:r1], xt, alpha)
+            _logits(p, xt_rows[:, r0:r1], xt, alpha_t)
             p.sub_(lse_t[:, r0:r1, None]).exp_()
             _logits(q, xs_rows[:, r0:r1], xs, alpha)
             q.sub_(lse_s[:, r0:r1, None]).exp_()
@@ -236,8 +252,9 @@ def relation_kl_blockwise(t_feat: Tensor, s_feat: Tensor, tau: float,
     gradient); for a reduced loss :func:`relation_kl_sum` avoids that recomputation.
 
     Args:
-        t_feat: teacher features ``(N, C, H, W)``; treated as a constant (no gradient).
-        s_feat: student features ``(N, C, H, W)``, same shape, dtype and device.
+        t_feat: teacher features ``(N, C_t, H, W)``; treated as a constant (no gradient).
+        s_feat: student features ``(N, C_s, H, W)``: same ``N, H, W``, dtype and device
+            (``C_s`` may differ from ``C_t``; each side's ``d`` is its own channel count).
         tau: temperature, ``> 0``.
         block_size: rows per block ``B``, ``>= 1``. Default :data:`DEFAULT_BLOCK_SIZE`.
 
@@ -259,7 +276,7 @@ def _sum_pass(xt: Tensor, xs: Tensor, tau: float, b: int, with_grad: bool,
     of the tempered teacher logits then of the teacher probabilities (``nan`` if not asked).
     """
     n, c, m = xs.shape
-    alpha = 1.0 / (math.sqrt(c) * tau)
+    alpha, alpha_t = _alphas(xt, xs, tau)
     coef = tau * tau * alpha
     xt_rows, xs_rows = xt.transpose(1, 2), xs.transpose(1, 2)  # (N, M, C) views
     block_sums = []
@@ -268,7 +285,7 @@ def _sum_pass(xt: Tensor, xs: Tensor, tau: float, b: int, with_grad: bool,
     buf = _Blocks(3, n, b, m, xs)
     for r0, r1 in _row_blocks(m, b):
         z, log_p, log_q = buf.views(r1 - r0)  # z: logits, then scratch
-        _logits(z, xt_rows[:, r0:r1], xt, alpha)  # T[R, :], tempered teacher logits
+        _logits(z, xt_rows[:, r0:r1], xt, alpha_t)  # T[R, :], tempered teacher logits
         torch.log_softmax(z, dim=-1, out=log_p)
         if with_extremes:  # one reduction pass each: (min, max) of T and of log p over the block
             t_min, t_max = torch.aminmax(z)
@@ -325,8 +342,9 @@ def relation_kl_sum(t_feat: Tensor, s_feat: Tensor, tau: float,
     no gradient.
 
     Args:
-        t_feat: teacher features ``(N, C, H, W)``; treated as a constant (no gradient).
-        s_feat: student features ``(N, C, H, W)``, same shape, dtype and device.
+        t_feat: teacher features ``(N, C_t, H, W)``; treated as a constant (no gradient).
+        s_feat: student features ``(N, C_s, H, W)``: same ``N, H, W``, dtype and device
+            (``C_s`` may differ from ``C_t``; each side's ``d`` is its own channel count).
         tau: temperature, ``> 0``.
         block_size: rows per block ``B``, ``>= 1``. Default :data:`DEFAULT_BLOCK_SIZE`.
         return_extremes: also return, from the same pass, the ``(4,)`` tensor

@@ -430,6 +430,21 @@ LOSS_INPUTS: dict[str, dict[str, str]] = {
     "SSTKDLoss": dict(preds_S="student.low", preds_T="teacher.low"),
 }
 BCD_LOSSES = ("BoundaryDistillLoss", "ContextDistillLoss")  # the terms r(t) scales (Eq. 8)
+#: CD's teacher side by its `teacher_features` setting (docs/method.md, Eq. 4-5): the teacher-side
+#: fusion T^c (the paper), the teacher decoder's last feature map, or the teacher's logits
+CD_TEACHER_TAPS = {"fused": "teacher.fused", "head": "teacher.head", "logits": "teacher.logits"}
+
+
+def loss_inputs(ltype: str, settings: Mapping[str, Any]) -> dict[str, str]:
+    """The taps feeding a loss's forward() arguments (LOSS_INPUTS, CD's teacher per its settings)."""
+    inputs = dict(LOSS_INPUTS[ltype])
+    if ltype == "ContextDistillLoss":
+        choice = settings.get("teacher_features", "fused")
+        if choice not in CD_TEACHER_TAPS:
+            raise ValueError(f"ContextDistillLoss: teacher_features must be one of "
+                             f"{sorted(CD_TEACHER_TAPS)}, got {choice!r}")
+        inputs["preds_T"] = CD_TEACHER_TAPS[choice]
+    return inputs
 
 
 #: loss types that need the student's and the teacher's logits at the same stride (mmrazor's
@@ -447,9 +462,34 @@ def fused_channels(methods: Mapping[str, Mapping[str, Any]]) -> int:
     return next(iter(widths.values()), FUSED_CHANNELS)
 
 
+def teacher_fusion_seed(methods: Mapping[str, Mapping[str, Any]], seed: int) -> int:
+    """Seed of the frozen teacher-side fusion ``t_fuse`` that BD and CD share.
+
+    Their ``teacher_fusion_seed``: ``'run'`` (default) = the run's ``seed`` (a new random
+    projection per seed), or an int >= 0 (one fixed projection for every seed).
+    """
+    values = {name: m.get("teacher_fusion_seed", "run") for name, m in methods.items()
+              if m["type"] in BCD_LOSSES}
+    if len(set(values.values())) > 1:
+        raise ValueError("BD and CD share one teacher-side connector, but their "
+                         f"teacher_fusion_seed differ: {values}")
+    value = next(iter(values.values()), "run")
+    if value == "run":
+        return seed
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"teacher_fusion_seed must be 'run' or an int >= 0, got {value!r}")
+    return value
+
+
 def _auto_args(ltype: str, student: Taps, teacher: Taps, num_classes: int,
-               fused: int = FUSED_CHANNELS) -> dict:
+               fused: int = FUSED_CHANNELS, settings: Mapping[str, Any] | None = None) -> dict:
     """Constructor arguments a loss takes from the models (channels, classes)."""
+    if ltype == "ContextDistillLoss":
+        choice = (settings or {}).get("teacher_features", "fused")
+        if choice == "logits" and num_classes is None:
+            raise ValueError("ContextDistillLoss: teacher_features='logits' needs num_classes")
+        return dict(in_channels=fused, teacher_channels={
+            "fused": fused, "head": teacher.head_channels, "logits": num_classes}.get(choice))
     if ltype in BCD_LOSSES:
         return dict(in_channels=fused)
     if ltype in ("CrossImageRelationLoss", "TATLoss"):
@@ -484,20 +524,23 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
     s_taps, t_taps = taps(student_spec, num_classes), taps(teacher_spec, num_classes)
     losses, mappings, used = {}, {}, set()
     fused = fused_channels(methods)
+    t_fuse_seed = teacher_fusion_seed(methods, seed)
     for name, settings in methods.items():
         settings = dict(settings)
         ltype = settings.pop("type")
         settings.pop("fused_channels", None)  # the connector's width, not the loss's
+        settings.pop("teacher_fusion_seed", None)  # the teacher connector's, not the loss's
         if ltype not in LOSS_INPUTS:
             raise ValueError(f"method {name!r}: unknown loss type {ltype!r} "
                              f"(known: {sorted(LOSS_INPUTS)})")
         _check_applies(name, ltype, student_spec, teacher_spec, s_taps, t_taps)
-        for key, value in _auto_args(ltype, s_taps, t_taps, num_classes, fused).items():
+        inputs = loss_inputs(ltype, settings)
+        for key, value in _auto_args(ltype, s_taps, t_taps, num_classes, fused,
+                                     settings).items():
             settings.setdefault(key, value)
         losses[f"loss_{name}"] = dict(type=ltype, **settings)
-        mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap])
-                                    for arg, tap in LOSS_INPUTS[ltype].items()}
-        used.update(LOSS_INPUTS[ltype].values())
+        mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap]) for arg, tap in inputs.items()}
+        used.update(inputs.values())
     s_rec, t_rec, connectors = {}, {}, {}
 
     def record(key: str, kind: str, module: str) -> None:
@@ -506,13 +549,15 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
 
     if used & {"student.fused", "teacher.fused", "student.low", "teacher.low"}:
         record("backbone", "ModuleOutputs", "backbone")
-    if used & {"student.fused", "teacher.fused"}:
+    if "student.fused" in used:
         connectors["s_fuse"] = dict(type="HierarchicalFusion", in_channels=s_taps.levels,
                                     out_channels=fused,
                                     target_stride_of_first=s_taps.first_stride)
-        # Teacher side: a frozen, seeded random projection (docs/method.md, "trivial solution").
+    if "teacher.fused" in used:
+        # Teacher side: a frozen, seeded random projection (docs/method.md, "trivial solution");
+        # the seed is the run's or one fixed for every run (teacher_fusion_seed).
         connectors["t_fuse"] = dict(type="HierarchicalFusion", in_channels=t_taps.levels,
-                                    out_channels=fused, frozen=True, init_seed=seed,
+                                    out_channels=fused, frozen=True, init_seed=t_fuse_seed,
                                     target_stride_of_first=t_taps.first_stride)
     if used & {"student.logits", "teacher.logits"}:
         record("logits", "ModuleOutputs", "classifier")

@@ -400,6 +400,7 @@ def num_classes(data: Mapping[str, Any]) -> int:
 # A "tap" names a tensor the distiller can hand to a loss. Each loss type lists the taps its
 # forward() arguments read; adding a method means one loss class and one line here (plus, for a
 # loss with learnable heads, the channel arguments it gets from the model specs in AUTO_ARGS).
+# A loss whose inputs depend on its settings adjusts them in loss_inputs() (BD's teacher).
 TAPS: dict[str, dict] = {
     # Sec. IV-A: all backbone levels fused to 256 channels at 1/8 (BCD)
     "student.fused": dict(from_student=True, recorder="backbone", connector="s_fuse"),
@@ -430,6 +431,24 @@ LOSS_INPUTS: dict[str, dict[str, str]] = {
     "SSTKDLoss": dict(preds_S="student.low", preds_T="teacher.low"),
 }
 BCD_LOSSES = ("BoundaryDistillLoss", "ContextDistillLoss")  # the terms r(t) scales (Eq. 8)
+
+
+def loss_inputs(ltype: str, settings: Mapping[str, Any]) -> dict[str, str]:
+    """The taps of one loss's forward arguments: :data:`LOSS_INPUTS`, adjusted to its settings.
+
+    BD's teacher readings that need no ground truth (``teacher: probe_pred | prediction``) read
+    the teacher's logits instead of the labels (docs/method.md, Eq. 2-3).
+    """
+    inputs = dict(LOSS_INPUTS[ltype])
+    if ltype == "BoundaryDistillLoss":
+        from bcd.losses.boundary import DEFAULT_TEACHER, TEACHERS_WITH_LABELS, TEACHERS_WITH_LOGITS
+
+        teacher = settings.get("teacher", DEFAULT_TEACHER)
+        if teacher in TEACHERS_WITH_LOGITS:
+            inputs["teacher_logits"] = "teacher.logits"
+        if teacher not in TEACHERS_WITH_LABELS:
+            inputs.pop("gt_seg")
+    return inputs
 
 
 #: loss types that need the student's and the teacher's logits at the same stride (mmrazor's
@@ -495,9 +514,9 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
         for key, value in _auto_args(ltype, s_taps, t_taps, num_classes, fused).items():
             settings.setdefault(key, value)
         losses[f"loss_{name}"] = dict(type=ltype, **settings)
-        mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap])
-                                    for arg, tap in LOSS_INPUTS[ltype].items()}
-        used.update(LOSS_INPUTS[ltype].values())
+        inputs = loss_inputs(ltype, settings)
+        mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap]) for arg, tap in inputs.items()}
+        used.update(inputs.values())
     s_rec, t_rec, connectors = {}, {}, {}
 
     def record(key: str, kind: str, module: str) -> None:

@@ -137,8 +137,9 @@ class AdaptiveTemperature(nn.Module):
         the blockwise context loss): ``minimum`` and ``maximum`` are the extremes, over this
         rank's minibatch, of the values :meth:`range_statistic` would take the range of at the
         current ``tau`` (softened probabilities for ``'prob_range'``, ``K`` times them for
-        ``'relative_range'``, ``teacher_logits / tau`` for ``'logit_range'``). Under ``torch.distributed`` they are all-reduced here, so every
-        rank gets the range over the global minibatch.
+        ``'relative_range'``, ``teacher_logits / tau`` for ``'logit_range'``). Under
+        ``torch.distributed`` they are all-reduced here, so every rank gets the range over the
+        global minibatch.
 
         Args:
             minimum: smallest value, a number or a 0-dim tensor; ``None`` if this rank has no

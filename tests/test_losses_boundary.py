@@ -1,5 +1,6 @@
 """Boundary distillation (Eq. 2-3), the pair/line machinery and the shared tempered KL."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -522,7 +523,49 @@ def _layout_scales(form, teacher, channels=4):
 @pytest.mark.parametrize("teacher", ["probe", "prediction"])
 def test_spatial_form_gradient_scale_between_16x16_and_64x64(teacher):
     small, large = _layout_scales("spatial", teacher)
-    # measured: probe 1.00x, prediction 0.73x (the boundary band's share of the map shrinks,
-    # so the teacher's distribution concentrates; the scale is 2 alpha tau ||w|| TV <= 2 alpha tau ||w||)
+    # measured: probe 0.99, prediction 0.71 (the boundary band's share of the map shrinks, so
+    # the teacher's distribution concentrates; the scale is 2 alpha tau ||w|| TV(p, q) <= 2
+    # alpha tau ||w||, docs/method.md)
     assert 0.5 <= small / large <= 2.0, (small, large)
 
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("form", "spatial-wise", "is not one of"),
+    ("teacher", "gt", "is not one of"),
+    ("temperature", {"statistic": "relative"}, "is not one of"),
+])
+def test_params_validate_the_bd_reading_keys(tmp_path, key, value, words):
+    import yaml
+
+    from bcd import params as P
+
+    default = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
+    good = tmp_path / "good.yaml"
+    readings = {"form": "spatial", "teacher": "prediction",
+                "temperature": {"statistic": "relative_range"}}
+    good.write_text(yaml.safe_dump({"methods": {"bd": readings}}))
+    assert P.load_params([default, good])["methods"]["bd"]["teacher"] == "prediction"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"methods": {"bd": {key: value}}}))
+    with pytest.raises(P.ParamsError) as info:
+        P.load_params([default, bad])
+    keypath = f"methods.bd.{key}" + (".statistic" if key == "temperature" else "")
+    assert any(line.startswith(f"{bad}: {keypath}: ") and words in line
+               for line in str(info.value).splitlines()), str(info.value)
+
+
+def test_params_keep_relative_range_to_bd(tmp_path):
+    """CD computes its statistic from precomputed extremes and has no relative_range."""
+    import yaml
+
+    from bcd import params as P
+
+    default = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
+    bad = tmp_path / "bad.yaml"
+    relative = {"temperature": {"statistic": "relative_range"}}
+    bad.write_text(yaml.safe_dump({"methods": {"cd": relative}}))
+    with pytest.raises(P.ParamsError) as info:
+        P.load_params([default, bad])
+    message = f"{bad}: methods.cd.temperature.statistic: 'relative_range' is not one of"
+    assert message in str(info.value)

@@ -511,10 +511,10 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
             raise ValueError(f"method {name!r}: unknown loss type {ltype!r} "
                              f"(known: {sorted(LOSS_INPUTS)})")
         _check_applies(name, ltype, student_spec, teacher_spec, s_taps, t_taps)
+        inputs = loss_inputs(ltype, settings)
         for key, value in _auto_args(ltype, s_taps, t_taps, num_classes, fused).items():
             settings.setdefault(key, value)
         losses[f"loss_{name}"] = dict(type=ltype, **settings)
-        inputs = loss_inputs(ltype, settings)
         mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap]) for arg, tap in inputs.items()}
         used.update(inputs.values())
     s_rec, t_rec, connectors = {}, {}, {}

@@ -11,6 +11,8 @@ split (8 images at the default) goes through the whole mmrazor step, and the scr
 (``student.decode.loss_ce``). BD's probe never reaches the student, so ``distill.loss_bd``'s
 gradient on the backbone is its KD term's. The teacher is put entirely in eval mode (no dropout).
 Without ``--teacher-ckpt`` the teacher has random weights (said in the output).
+Also printed: the adaptive temperature's statistics on this step's teacher side at tau = 1 and,
+for ``relative_range``, the tau at which its rule (x 1.05 while > 0.5) would stop on this batch.
 A stop-gap until ``bcd.bench grads`` exists (issue 13).
 """
 from __future__ import annotations
@@ -104,13 +106,23 @@ def main(argv=None) -> None:
         (t_in, dim, mask), = captured
         stats = {stat: AdaptiveTemperature(statistic=stat).range_statistic(t_in, dim, mask)
                  for stat in ("prob_range", "relative_range")}
+        # where the rule (x 1.05 while > 0.5) would stop on this batch: tau and its steps
+        for stat in ("prob_range", "relative_range"):
+            temp = AdaptiveTemperature(statistic=stat)
+            steps = 0
+            while steps < 2000 and temp.range_statistic(t_in, dim, mask) > temp.threshold:
+                temp.tau_value.mul_(temp.factor)
+                steps += 1
+            stats[f"{stat}_tau_stop"], stats[f"{stat}_steps"] = temp.tau, steps
         size = tuple(packed["inputs"].shape[-2:])
         rows.append(dict(form=form, teacher=teacher, ce=float(ce), g_ce=g_ce, g_bd=g_bd,
                          share=g_bd / g_ce, kd=float(loss_mod.last_kd),
                          probe=float(loss_mod.last_probe), **stats))
         print(f"{form:9s} {teacher:11s} CE {float(ce):.3f} |g_CE| {g_ce:.4g} |g_BD| {g_bd:.4g} "
               f"share {100 * g_bd / g_ce:7.2f} %  BD-KD {rows[-1]['kd']:.4g}  "
-              f"prob_range {stats['prob_range']:.3f} relative_range {stats['relative_range']:.2f}",
+              f"prob_range {stats['prob_range']:.3f} relative_range {stats['relative_range']:.2f} "
+              f"(tau would stop at {stats['relative_range_tau_stop']:.3g} after "
+              f"{stats['relative_range_steps']} steps)",
               flush=True)
     print(f"teacher: {'random weights' if args.teacher_ckpt is None else args.teacher_ckpt}; "
           f"alpha = {args.weight}; input {size}")

@@ -450,6 +450,8 @@ def test_teacher_logits_and_new_keys_are_checked():
             loss(s, t, torch.zeros(2, 4, 5, dtype=torch.long))
         with pytest.raises(ValueError, match=r"teacher_logits must be float \(N, K, h, w\)"):
             loss(s, t, teacher_logits=torch.randn(1, 7, 4, 5))
+    with pytest.raises(ValueError, match="eps"):
+        prediction_boundary_logits(torch.randn(1, 3, 4, 5), (4, 5), eps=0.5)
     # the probe reading ignores teacher_logits
     loss = BoundaryDistillLoss(in_channels=3, radius=2)
     torch.testing.assert_close(loss(s, t, teacher_logits=torch.randn(2, 7, 4, 5)), loss(s, t))

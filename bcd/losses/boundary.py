@@ -24,7 +24,7 @@ from ._kl import tempered_kl
 from ._checks import check_maps
 from .pairs import line_max, pair_lines, partner_mask, shifted
 
-FORMS = ("affinity", "spatial", "line")
+FORMS = ("affinity", "line", "spatial")
 TEACHERS = ("probe", "probe_pred", "prediction")
 DEFAULT_FORM, DEFAULT_TEACHER = "affinity", "probe"
 #: teacher readings that read the teacher's class logits (``teacher_logits``) ...
@@ -128,7 +128,7 @@ def prediction_boundary(probs: Tensor) -> Tensor:
     Returns:
         ``(N, H, W)`` boundary probabilities in ``[0, 1]``.
     """
-    n, _, h, w = probs.shape
+    h, w = probs.shape[-2:]
     padded = F.pad(probs, (1, 1, 1, 1))
     inf = torch.tensor(float("inf"), dtype=probs.dtype, device=probs.device)
     rows = torch.arange(h, device=probs.device).view(h, 1)
@@ -158,6 +158,8 @@ def prediction_boundary_logits(teacher_logits: Tensor, size: tuple[int, int],
     Returns:
         ``(N, H, W)`` logits in the logits' dtype.
     """
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"prediction_boundary_logits: eps must lie in (0, 0.5), got {eps}")
     b = prediction_boundary(class_probabilities_at(teacher_logits, size))
     return torch.logit(b.clamp(eps, 1.0 - eps))
 

@@ -3,6 +3,8 @@
     python tools/bd_grad_shares.py --params params/default.yaml --run r18-bd \
         [--teacher-ckpt runs/embedded/teachers/pspnet-r101/model.pth] [--weight 10]
 
+(from the repository root; ``PYTHONPATH=.`` if ``bcd`` is installed from another checkout)
+
 For every (form, teacher) reading of BD (docs/method.md, Eq. 2-3) the run's student is built
 with the same seed (identical student, connector and BD heads), one fixed batch of the train
 split (8 images at the default) goes through the whole mmrazor step, and the script prints

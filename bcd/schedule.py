@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-_STATISTICS = ("prob_range", "logit_range")
+_STATISTICS = ("prob_range", "logit_range", "relative_range")
 
 
 class AdaptiveTemperature(nn.Module):
@@ -24,6 +24,12 @@ class AdaptiveTemperature(nn.Module):
       ``softmax(teacher_logits / tau, dim)``. Self-limiting: a larger tau flattens the teacher's
       distributions, so the rule stops raising tau.
     * ``'logit_range'``: ``max - min`` of ``teacher_logits / tau``.
+    * ``'relative_range'``: like ``'prob_range'``, but each probability is first multiplied by
+      the number ``K`` of valid entries of its distribution, i.e. measured relative to the
+      uniform ``1 / K``: ``max - min`` of ``K * softmax(teacher_logits / tau, dim)``. 0 for
+      uniform distributions, whatever ``K``; also self-limiting. Meant for distributions over
+      many entries (BD's spatial softmax over ``H W`` positions), whose probabilities are all
+      small, so that ``'prob_range'`` never exceeds the threshold (docs/method.md).
 
     Under ``torch.distributed`` the range is taken over the global minibatch (the extremes are
     all-reduced), so every rank keeps the same tau.
@@ -33,7 +39,8 @@ class AdaptiveTemperature(nn.Module):
         factor: multiplier applied when the statistic exceeds ``threshold``, ``>= 1``; ``1.0``
             means a fixed temperature. Default ``1.05``.
         threshold: the statistic must be strictly greater than this to raise tau. Default ``0.5``.
-        statistic: ``'prob_range'`` or ``'logit_range'``. Default ``'prob_range'``.
+        statistic: ``'prob_range'``, ``'logit_range'`` or ``'relative_range'``. Default
+            ``'prob_range'``.
         max_tau: optional upper bound for tau (``>= init``). Default ``None`` (unbounded).
     """
 
@@ -87,7 +94,8 @@ class AdaptiveTemperature(nn.Module):
                 entries. Default ``None`` (all valid).
 
         Returns:
-            ``max - min`` of the softened probabilities (``'prob_range'``) or of
+            ``max - min`` of the softened probabilities (``'prob_range'``), of ``K`` times them
+            (``'relative_range'``, ``K`` the distribution's number of valid entries) or of
             ``teacher_logits / tau`` (``'logit_range'``) over all valid entries.
         """
         logits = teacher_logits.detach()
@@ -106,10 +114,14 @@ class AdaptiveTemperature(nn.Module):
                     f"teacher_logits {tuple(logits.shape)}"
                 ) from err
         values = logits / self.tau
-        if self.statistic == "prob_range":
+        if self.statistic in ("prob_range", "relative_range"):
             if mask is not None:
                 values = values.masked_fill(~mask, float("-inf"))
             values = torch.softmax(values, dim=dim)
+            if self.statistic == "relative_range":
+                count = (values.shape[dim] if mask is None
+                         else mask.sum(dim=dim, keepdim=True).to(values.dtype))
+                values = values * count
         if mask is not None:
             values = values[mask]
         if values.numel():
@@ -124,9 +136,10 @@ class AdaptiveTemperature(nn.Module):
         For callers that compute the statistic's values piecewise and never hold them all (e.g.
         the blockwise context loss): ``minimum`` and ``maximum`` are the extremes, over this
         rank's minibatch, of the values :meth:`range_statistic` would take the range of at the
-        current ``tau`` (softened probabilities for ``'prob_range'``, ``teacher_logits / tau``
-        for ``'logit_range'``). Under ``torch.distributed`` they are all-reduced here, so every
-        rank gets the range over the global minibatch.
+        current ``tau`` (softened probabilities for ``'prob_range'``, ``K`` times them for
+        ``'relative_range'``, ``teacher_logits / tau`` for ``'logit_range'``). Under
+        ``torch.distributed`` they are all-reduced here, so every rank gets the range over the
+        global minibatch.
 
         Args:
             minimum: smallest value, a number or a 0-dim tensor; ``None`` if this rank has no

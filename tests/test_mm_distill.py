@@ -95,6 +95,27 @@ def test_teacher_weights_loaded_and_frozen(teacher_ckpt):
     assert "gt" not in algo.distiller.student_recorders.recorders
 
 
+@pytest.mark.parametrize("teacher", ["prediction", "probe_pred"])
+def test_bd_teacher_readings_read_the_teacher_logits_not_the_labels(teacher_ckpt, teacher):
+    bd = dict(BCD["bd"], form="spatial", teacher=teacher)
+    mapping = configs.distiller({"bd": bd}, STUDENT, TEACHER, num_classes=NUM_CLASSES)
+    inputs = mapping["loss_forward_mappings"]["loss_bd"]
+    assert inputs["teacher_logits"] == configs.TAPS["teacher.logits"] and "gt_seg" not in inputs
+    assert "gt" not in mapping["student_recorders"]  # no ground truth recorded at all
+    algo = _algorithm(teacher_ckpt, {"bd": bd})
+    losses = algo(*_batch(), mode="loss")
+    losses["distill.loss_bd"].backward()
+    loss = algo.distiller.distill_losses["loss_bd"]
+    assert loss.form == "spatial" and loss.teacher == teacher and loss.last_kd > 0
+    assert all(p.grad is None for p in algo.teacher.parameters())
+    assert sum(p.grad.abs().sum() for p in algo.student.backbone.parameters()
+               if p.grad is not None) > 0
+    assert (loss.teacher_conv.weight.grad is not None) == (teacher == "probe_pred")
+    # the default reading keeps the labels and reads no logits
+    default = configs.distiller({"bd": BCD["bd"]}, STUDENT, TEACHER, num_classes=NUM_CLASSES)
+    assert set(default["loss_forward_mappings"]["loss_bd"]) == {"preds_S", "preds_T", "gt_seg"}
+
+
 def test_registry_names_for_user_configs():
     from mmengine.registry import HOOKS
     from mmrazor.registry import MODELS

@@ -68,6 +68,24 @@ def test_mask_excludes_entries():
     assert temp.tau == 1.0
 
 
+def test_relative_range_scales_each_distribution_by_its_valid_entries():
+    # row (ln 3, 0, 0, 0): probs (0.5, 1/6, 1/6, 1/6), x 4 -> (2, 2/3, ...): range 4/3;
+    # masked to 3 entries: probs (0.6, 0.2, 0.2), x 3 -> (1.8, 0.6, 0.6): range 1.2
+    temp = AdaptiveTemperature(statistic="relative_range")
+    logits = torch.tensor([[math.log(3.0), 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert abs(temp.range_statistic(logits, dim=-1) - 4 / 3) < 1e-12
+    mask = torch.tensor([[True, True, True, False]])
+    assert abs(temp.range_statistic(logits, dim=-1, mask=mask) - 1.2) < 1e-12
+    # uniform over any number of entries: 0 (prob_range would shrink with the count instead)
+    assert temp.range_statistic(torch.zeros(2, 4096), dim=-1) == 0.0
+    # one peak among 4096 positions: prob_range ~ 0.0007, relative_range ~ 2.7 (e ** 1 - 1)
+    peak = torch.zeros(1, 4096, dtype=torch.float64)
+    peak[0, 0] = 1.0
+    assert AdaptiveTemperature().range_statistic(peak, dim=-1) < 1e-3
+    assert abs(temp.range_statistic(peak, dim=-1) - (math.e - 1) * 4096 / (4095 + math.e)) < 1e-9
+    assert temp.update(peak, dim=-1) == 1.05
+
+
 def test_max_tau_clips():
     temp = AdaptiveTemperature(max_tau=1.06)
     for _ in range(3):

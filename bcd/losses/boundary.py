@@ -1,4 +1,18 @@
-"""Boundary distillation (Sec. IV-B, Eq. 2-3)."""
+"""Boundary distillation (Sec. IV-B, Eq. 2-3).
+
+Readings of Eq. 2-3 (docs/method.md, "Eq. 2-3 Boundary distillation"), chosen by two arguments
+of :class:`BoundaryDistillLoss`:
+
+* ``form``: what ``rho`` normalises. ``'affinity'``: softmax over the partners ``j`` of pixel
+  ``i`` of the bounded affinities ``a_ij = 1 - max_{p in Pi_ij} B_p``; ``'line'``: the same
+  softmax of the unbounded line-max logits ``-max_{p in Pi_ij} z_p``; ``'spatial'``: the
+  "spatial-wise softmax" over all ``H W`` positions of the boundary logits ``z`` (one
+  distribution per image, as CWD normalises each channel).
+* ``teacher``: where the teacher's boundary logits come from. ``'probe'``: a 1x1 conv on the
+  teacher's fused features, trained by a label-affinity probe on the ground truth;
+  ``'probe_pred'``: the same probe on the teacher's own argmax prediction; ``'prediction'``:
+  no parameters, from the teacher's class probabilities (:func:`prediction_boundary_logits`).
+"""
 from __future__ import annotations
 
 import torch
@@ -9,6 +23,14 @@ from ..schedule import AdaptiveTemperature, build_temperature
 from ._kl import tempered_kl
 from ._checks import check_maps
 from .pairs import line_max, pair_lines, partner_mask, shifted
+
+FORMS = ("affinity", "line", "spatial")
+TEACHERS = ("probe", "probe_pred", "prediction")
+DEFAULT_FORM, DEFAULT_TEACHER = "affinity", "probe"
+#: teacher readings that read the teacher's class logits (``teacher_logits``) ...
+TEACHERS_WITH_LOGITS = ("probe_pred", "prediction")
+#: ... and those that read the ground-truth labels (``gt_seg``)
+TEACHERS_WITH_LABELS = ("probe",)
 
 
 def check_feature_pair(name: str, preds_S: Tensor, preds_T: Tensor, in_channels: int) -> None:
@@ -67,6 +89,81 @@ def affinity_from_boundary(z: Tensor, radius: int) -> Tensor:
     return torch.sigmoid(-line_max(z, radius))
 
 
+def class_probabilities_at(teacher_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """``softmax`` over the classes of ``teacher_logits``, resized bilinearly to ``size``.
+
+    Bilinear interpolation (``align_corners=False``) of probabilities gives probabilities (a
+    convex combination per pixel); at equal size it is the identity.
+
+    Args:
+        teacher_logits: ``(N, K, h, w)`` class logits.
+        size: the target ``(H, W)``.
+
+    Returns:
+        ``(N, K, H, W)`` probabilities, detached.
+    """
+    probs = torch.softmax(teacher_logits.detach(), dim=1)
+    if tuple(probs.shape[-2:]) != tuple(size):
+        probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+    return probs
+
+
+#: the 8-neighbourhood of :func:`prediction_boundary`
+NEIGHBOURS_8 = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
+
+
+def prediction_boundary(probs: Tensor) -> Tensor:
+    """Boundary probability ``b_i = 1 - min_{j in N(i)} <p_i, p_j>`` from class probabilities.
+
+    ``<p_i, p_j>`` is the probability that pixels ``i`` and ``j`` get the same class when each
+    draws its class from its own distribution, so ``b_i`` is the largest probability, over
+    ``i``'s neighbours, that a neighbour is of another class. ``N(i)`` is the 8-neighbourhood
+    inside the map (no padding: a border pixel has fewer neighbours; a 1x1 map has none and
+    ``b = 0``). With one-hot ``p``, ``b_i = 1`` exactly at the pixels with a neighbour of
+    another class (both sides of a class border) and 0 elsewhere.
+
+    Args:
+        probs: ``(N, K, H, W)`` class probabilities (e.g. :func:`class_probabilities_at`).
+
+    Returns:
+        ``(N, H, W)`` boundary probabilities in ``[0, 1]``.
+    """
+    h, w = probs.shape[-2:]
+    padded = F.pad(probs, (1, 1, 1, 1))
+    inf = torch.tensor(float("inf"), dtype=probs.dtype, device=probs.device)
+    rows = torch.arange(h, device=probs.device).view(h, 1)
+    cols = torch.arange(w, device=probs.device).view(1, w)
+    same = []
+    for dy, dx in NEIGHBOURS_8:
+        neighbour = padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        inside = (rows + dy >= 0) & (rows + dy < h) & (cols + dx >= 0) & (cols + dx < w)
+        same.append(torch.where(inside, (probs * neighbour).sum(dim=1), inf))
+    least = torch.stack(same).amin(dim=0)  # (N, H, W); inf where no neighbour
+    return (1.0 - least).clamp(min=0.0, max=1.0)
+
+
+def prediction_boundary_logits(teacher_logits: Tensor, size: tuple[int, int],
+                               eps: float = 1e-4) -> Tensor:
+    """Teacher boundary logits from its prediction: ``z = logit(clamp(b, eps, 1 - eps))``.
+
+    ``b`` is :func:`prediction_boundary` of the teacher's class probabilities at ``size``
+    (:func:`class_probabilities_at`). No parameters and no ground truth; detached.
+
+    Args:
+        teacher_logits: ``(N, K, h, w)`` class logits of the teacher.
+        size: the fused map's ``(H, W)``.
+        eps: clamp of ``b`` before the logit, in ``(0, 0.5)``; ``1e-4`` bounds ``|z|`` by
+            ``9.21``. Default ``1e-4``.
+
+    Returns:
+        ``(N, H, W)`` logits in the logits' dtype.
+    """
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"prediction_boundary_logits: eps must lie in (0, 0.5), got {eps}")
+    b = prediction_boundary(class_probabilities_at(teacher_logits, size))
+    return torch.logit(b.clamp(eps, 1.0 - eps))
+
+
 def label_affinity_probe(
     z_max: Tensor, labels: Tensor, radius: int, valid: Tensor, ignore_index: int = 255
 ) -> Tensor:
@@ -104,36 +201,57 @@ def label_affinity_probe(
 
 
 class BoundaryDistillLoss(nn.Module):
-    """Boundary distillation loss ``L_BD`` (Eq. 3) on affinities from boundary maps (Eq. 2).
+    """Boundary distillation loss ``L_BD`` (Eq. 3) on boundary maps (Eq. 2).
 
-    For fused features ``S^c`` and ``T^c`` (``preds_S``, ``preds_T``), a 1x1 conv per side gives a
-    boundary map ``B = sigmoid(Conv_1x1(x))`` (the sigmoid relaxes the paper's 0/1 output, which
-    has no gradient). For each pixel ``i`` and partner ``j`` within ``radius`` the affinity is
-    ``a_ij = 1 - max_{p in Pi_ij} B_p`` (Eq. 2). Eq. 3 distils, for every pixel, the softmax over
-    its partners of ``a_ij / tau``::
+    For fused features ``S^c`` and ``T^c`` (``preds_S``, ``preds_T``) the student's boundary
+    logits are ``z^S = Conv_1x1(S^c)`` (``student_conv``; the boundary map is
+    ``B = sigmoid(z)``, relaxing the paper's 0/1 output, which has no gradient). The teacher's
+    ``z^T`` depends on ``teacher``:
 
-        L_KD = loss_weight * mean_{n, i} tau^2 KL(rho(a^T_i / tau) || rho(a^S_i / tau))
+    * ``'probe'`` (default): ``z^T = Conv_1x1(T^c)`` (``teacher_conv``), trained, when
+      ``gt_seg`` is given, by :func:`label_affinity_probe` on the ground-truth labels, with
+      weight ``teacher_probe_weight`` (not ``loss_weight``; the KD term alone is minimised by
+      constant maps). Its gradient reaches ``teacher_conv`` (and ``preds_T`` if it requires
+      grad), never the student.
+    * ``'probe_pred'``: the same, but the probe's classes are the teacher's own prediction
+      (argmax of ``teacher_logits``, resized nearest to the fused size): no ground truth.
+    * ``'prediction'``: ``z^T`` = :func:`prediction_boundary_logits` of ``teacher_logits``; no
+      parameters, no ground truth, meaningful at iteration 1. ``teacher_conv`` is kept (so state
+      dicts keep their keys) but frozen and unused.
 
-    (mean over the ``N H W`` pixels instead of the paper's sum). The teacher
-    side of this term is detached. The KD term alone is minimised by constant boundary maps, so
-    when ``gt_seg`` is given the teacher's ``teacher_conv`` (and ``preds_T`` if it requires
-    grad) is also trained by :func:`label_affinity_probe`, added with weight
-    ``teacher_probe_weight`` (not ``loss_weight``). The student learns its boundaries from the
-    teacher only. ``loss_weight`` may be changed between calls (e.g. multiplied by r(t), Eq. 8).
+    ``form`` says what is distilled (``tau`` the temperature, ``P`` partners within ``radius``
+    along the lines ``Pi_ij`` of Eq. 2)::
+
+        'affinity' (default): L = w mean_{n,i} tau^2 KL(rho_j(a^T_ij / tau) || rho_j(a^S_ij / tau)),
+                              a_ij = 1 - max_{p in Pi_ij} sigmoid(z_p)      (bounded, (0, 1))
+        'line':               as 'affinity' with a_ij replaced by -max_{p in Pi_ij} z_p
+        'spatial':            L = w mean_n tau^2 KL(rho_HW(z^T_n / tau) || rho_HW(z^S_n / tau))
+
+    (``w = loss_weight``; per-pixel forms: mean over the ``N H W`` pixels instead of the paper's
+    sum; ``'spatial'``: one KL between two distributions over the ``H W`` positions per image,
+    mean over the batch). The teacher side of the KD term is detached. ``loss_weight`` may be
+    changed between calls (e.g. multiplied by r(t), Eq. 8).
 
     Args:
         in_channels: channels ``C`` of the fused features. Default ``256``.
-        radius: pair radius in feature pixels (4 at 1/8 resolution = 32 input pixels). Default ``4``.
+        radius: pair radius in feature pixels (4 at 1/8 resolution = 32 input pixels); used by
+            the ``'affinity'`` and ``'line'`` forms and by the probes. Default ``4``.
         loss_weight: alpha of Eq. 6, multiplies the KD term. Default ``10.0``.
         temperature: ``None`` (fixed tau = 1), a dict of :class:`AdaptiveTemperature` arguments,
-            or an instance (used as is). Default ``None``.
-        teacher_probe_weight: weight of the teacher-side label-affinity probe; 0 disables it.
-            Default ``1.0``.
-        ignore_index: label value ignored by the probe. Default ``255``.
+            or an instance (used as is). Its statistic is taken on the teacher side of the
+            softmax of ``form``. Default ``None``.
+        teacher_probe_weight: weight of the teacher-side probe (``'probe'``, ``'probe_pred'``);
+            0 disables it. Default ``1.0``.
+        ignore_index: label value ignored by the ``'probe'`` probe. Default ``255``.
+        form: ``'affinity'``, ``'line'`` or ``'spatial'`` (see above). Default ``'affinity'``.
+        teacher: ``'probe'``, ``'probe_pred'`` or ``'prediction'`` (see above). Default
+            ``'probe'``.
 
     Shapes:
         preds_S, preds_T: ``(N, C, H, W)``; gt_seg: ``(N, H0, W0)`` or ``(N, 1, H0, W0)`` integer
-        labels (resized to ``(H, W)`` by nearest-neighbour). Output: scalar.
+        labels (resized to ``(H, W)`` by nearest-neighbour); teacher_logits: ``(N, K, h, w)``
+        class logits of the teacher (needed by ``'probe_pred'`` and ``'prediction'``, ignored
+        otherwise). Output: scalar.
 
     Attributes after ``forward``: ``last_kd`` (weighted KD term) and ``last_probe`` (weighted
     probe term), detached; their sum is the returned loss.
@@ -147,6 +265,8 @@ class BoundaryDistillLoss(nn.Module):
         temperature: dict | AdaptiveTemperature | None = None,
         teacher_probe_weight: float = 1.0,
         ignore_index: int = 255,
+        form: str = DEFAULT_FORM,
+        teacher: str = DEFAULT_TEACHER,
     ) -> None:
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -157,21 +277,32 @@ class BoundaryDistillLoss(nn.Module):
             raise ValueError(
                 f"BoundaryDistillLoss: teacher_probe_weight must be >= 0, got {teacher_probe_weight}"
             )
+        if form not in FORMS:
+            raise ValueError(f"BoundaryDistillLoss: form must be one of {FORMS}, got {form!r}")
+        if teacher not in TEACHERS:
+            raise ValueError(
+                f"BoundaryDistillLoss: teacher must be one of {TEACHERS}, got {teacher!r}"
+            )
         self.in_channels = in_channels
         self.radius = radius
         self.loss_weight = float(loss_weight)
         self.teacher_probe_weight = float(teacher_probe_weight)
         self.ignore_index = int(ignore_index)
+        self.form = form
+        self.teacher = teacher
         self.student_conv = nn.Conv2d(in_channels, 1, kernel_size=1)
         self.teacher_conv = nn.Conv2d(in_channels, 1, kernel_size=1)
+        if teacher == "prediction":  # kept for the state dict's keys; never used or trained
+            self.teacher_conv.requires_grad_(False)
         self.temperature = build_temperature(temperature)
         self.last_kd: Tensor | None = None
         self.last_probe: Tensor | None = None
 
     def extra_repr(self) -> str:
         return (
-            f"radius={self.radius}, loss_weight={self.loss_weight}, "
-            f"teacher_probe_weight={self.teacher_probe_weight}, ignore_index={self.ignore_index}"
+            f"form={self.form!r}, teacher={self.teacher!r}, radius={self.radius}, "
+            f"loss_weight={self.loss_weight}, teacher_probe_weight={self.teacher_probe_weight}, "
+            f"ignore_index={self.ignore_index}"
         )
 
     def _labels_at(self, gt_seg: Tensor, n: int, size: tuple[int, int]) -> Tensor:
@@ -189,32 +320,83 @@ class BoundaryDistillLoss(nn.Module):
         resized = F.interpolate(gt_seg[:, None].double(), size=size, mode="nearest-exact")
         return resized[:, 0].long()
 
-    def forward(self, preds_S: Tensor, preds_T: Tensor, gt_seg: Tensor | None = None) -> Tensor:
-        """Weighted KD term plus (with ``gt_seg``) the weighted teacher probe; see the class doc."""
+    def _check_teacher_logits(self, teacher_logits: Tensor | None, n: int) -> Tensor:
+        if teacher_logits is None:
+            raise ValueError(
+                f"BoundaryDistillLoss: teacher={self.teacher!r} reads the teacher's class logits; "
+                "pass teacher_logits (N, K, h, w)"
+            )
+        if (teacher_logits.dim() != 4 or teacher_logits.shape[0] != n
+                or not teacher_logits.is_floating_point()):
+            raise ValueError(
+                f"BoundaryDistillLoss: teacher_logits must be float (N, K, h, w) with N = {n}, "
+                f"got {teacher_logits.dtype} {tuple(teacher_logits.shape)}"
+            )
+        return teacher_logits.detach()
+
+    def teacher_boundary_logits(self, preds_T: Tensor,
+                                teacher_logits: Tensor | None = None) -> Tensor:
+        """The teacher's boundary logits ``z^T`` ``(N, H, W)`` under ``teacher`` (class doc).
+
+        Attached to ``teacher_conv`` for the probe readings (the probe trains it), detached for
+        ``'prediction'``.
+        """
+        if self.teacher == "prediction":
+            logits = self._check_teacher_logits(teacher_logits, preds_T.shape[0])
+            z = prediction_boundary_logits(logits.to(preds_T.dtype), tuple(preds_T.shape[-2:]))
+            return z.to(preds_T.dtype)
+        return boundary_logits(preds_T, self.teacher_conv)
+
+    def _probe_labels(self, gt_seg: Tensor | None, teacher_logits: Tensor | None, n: int,
+                      size: tuple[int, int], device) -> Tensor | None:
+        """Classes for the probe: the ground truth (``'probe'``) or the teacher's argmax."""
+        if self.teacher == "probe_pred":
+            logits = self._check_teacher_logits(teacher_logits, n)
+            return self._labels_at(logits.argmax(dim=1).to(device), n, size)
+        if gt_seg is None:
+            return None
+        return self._labels_at(gt_seg.to(device), n, size)
+
+    def forward(self, preds_S: Tensor, preds_T: Tensor, gt_seg: Tensor | None = None,
+                teacher_logits: Tensor | None = None) -> Tensor:
+        """Weighted KD term plus (probe readings) the weighted teacher probe; see the class doc."""
         check_feature_pair("BoundaryDistillLoss", preds_S, preds_T, self.in_channels)
         n, _, h, w = preds_S.shape
         dtype = torch.promote_types(preds_S.dtype, preds_T.dtype)
         preds_S, preds_T = preds_S.to(dtype), preds_T.to(dtype)
 
-        z_max_S = line_max(boundary_logits(preds_S, self.student_conv), self.radius)
-        z_max_T = line_max(boundary_logits(preds_T, self.teacher_conv), self.radius)
-        a_S = torch.sigmoid(-z_max_S)  # (N, P, H, W)
-        a_T = torch.sigmoid(-z_max_T)
+        z_S = boundary_logits(preds_S, self.student_conv)  # (N, H, W)
+        z_T = self.teacher_boundary_logits(preds_T, teacher_logits)
         valid = partner_mask(pair_lines(self.radius).offsets, h, w, device=preds_S.device)
-
+        z_max_T = None
+        if self.form == "spatial":
+            # Eq. 3 with rho over the H W positions: one distribution per image.
+            t_in, s_in, dim, mask = z_T.flatten(1), z_S.flatten(1), 1, None  # (N, HW)
+        else:
+            z_max_S = line_max(z_S, self.radius)  # (N, P, H, W)
+            z_max_T = line_max(z_T, self.radius)
+            if self.form == "affinity":  # Eq. 2: a_ij = 1 - max_p B_p = sigmoid(-max_p z_p)
+                t_in, s_in = torch.sigmoid(-z_max_T), torch.sigmoid(-z_max_S)
+            else:  # 'line': the affinities' unbounded logits
+                t_in, s_in = -z_max_T, -z_max_S
+            dim, mask = 1, valid.unsqueeze(0)
         if self.training:
-            self.temperature.update(a_T.detach(), dim=1, mask=valid.unsqueeze(0))
-        kl = tempered_kl(a_T, a_S, self.temperature.tau, dim=1, mask=valid.unsqueeze(0))  # (N, H, W)
-        # Every pixel of a map with >= 2 pixels has an in-map partner; a 1x1 map has none and KL 0.
+            self.temperature.update(t_in.detach(), dim=dim, mask=mask)
+        kl = tempered_kl(t_in, s_in, self.temperature.tau, dim=dim, mask=mask)  # (N,) / (N, H, W)
+        # Per-pixel forms: every pixel of a map with >= 2 pixels has an in-map partner; a 1x1
+        # map has none and KL 0. Spatial: a 1x1 map is one position, KL 0.
         loss = self.loss_weight * kl.mean()
         self.last_kd = loss.detach()
 
         probe = loss.new_zeros(())
-        if gt_seg is not None and self.teacher_probe_weight > 0.0:
-            labels = self._labels_at(gt_seg.to(preds_S.device), n, (h, w))
-            probe = self.teacher_probe_weight * label_affinity_probe(
-                z_max_T, labels, self.radius, valid, self.ignore_index
-            )
-            loss = loss + probe
+        if self.teacher in ("probe", "probe_pred") and self.teacher_probe_weight > 0.0:
+            labels = self._probe_labels(gt_seg, teacher_logits, n, (h, w), preds_S.device)
+            if labels is not None:
+                if z_max_T is None:
+                    z_max_T = line_max(z_T, self.radius)
+                probe = self.teacher_probe_weight * label_affinity_probe(
+                    z_max_T, labels, self.radius, valid, self.ignore_index
+                )
+                loss = loss + probe
         self.last_probe = probe.detach()
         return loss

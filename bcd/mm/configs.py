@@ -400,6 +400,7 @@ def num_classes(data: Mapping[str, Any]) -> int:
 # A "tap" names a tensor the distiller can hand to a loss. Each loss type lists the taps its
 # forward() arguments read; adding a method means one loss class and one line here (plus, for a
 # loss with learnable heads, the channel arguments it gets from the model specs in AUTO_ARGS).
+# A loss whose inputs depend on its settings adjusts them in loss_inputs() (BD's teacher).
 TAPS: dict[str, dict] = {
     # Sec. IV-A: all backbone levels fused to 256 channels at 1/8 (BCD)
     "student.fused": dict(from_student=True, recorder="backbone", connector="s_fuse"),
@@ -436,7 +437,12 @@ CD_TEACHER_TAPS = {"fused": "teacher.fused", "head": "teacher.head", "logits": "
 
 
 def loss_inputs(ltype: str, settings: Mapping[str, Any]) -> dict[str, str]:
-    """The taps feeding a loss's forward() arguments (LOSS_INPUTS, CD's teacher per its settings)."""
+    """The taps of one loss's forward arguments: :data:`LOSS_INPUTS`, adjusted to its settings.
+
+    CD's teacher side follows its ``teacher_features`` (:data:`CD_TEACHER_TAPS`); BD's teacher
+    readings that need no ground truth (``teacher: probe_pred | prediction``) read the teacher's
+    logits instead of the labels (docs/method.md, Eq. 2-5).
+    """
     inputs = dict(LOSS_INPUTS[ltype])
     if ltype == "ContextDistillLoss":
         choice = settings.get("teacher_features", "fused")
@@ -444,6 +450,14 @@ def loss_inputs(ltype: str, settings: Mapping[str, Any]) -> dict[str, str]:
             raise ValueError(f"ContextDistillLoss: teacher_features must be one of "
                              f"{sorted(CD_TEACHER_TAPS)}, got {choice!r}")
         inputs["preds_T"] = CD_TEACHER_TAPS[choice]
+    elif ltype == "BoundaryDistillLoss":
+        from bcd.losses.boundary import DEFAULT_TEACHER, TEACHERS_WITH_LABELS, TEACHERS_WITH_LOGITS
+
+        teacher = settings.get("teacher", DEFAULT_TEACHER)
+        if teacher in TEACHERS_WITH_LOGITS:
+            inputs["teacher_logits"] = "teacher.logits"
+        if teacher not in TEACHERS_WITH_LABELS:
+            inputs.pop("gt_seg")
     return inputs
 
 

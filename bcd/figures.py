@@ -738,7 +738,8 @@ def boundary_maps(cfg, run: str, seed: int, teacher, student, samples: Sequence[
     """BCD's boundary maps of ``run``'s BD term on packed samples, and BPKD's edge mask.
 
     ``B = sigmoid(Conv_1x1(X^c))`` (Eq. 2) with ``X^c`` the fused features of the teacher
-    (frozen fusion ``t_fuse`` and ``teacher_conv``) and of the student (``s_fuse``,
+    (frozen fusion ``t_fuse`` and ``teacher_conv``, or with BD's ``teacher: prediction`` the
+    boundary derived from the teacher's class probabilities) and of the student (``s_fuse``,
     ``student_conv``), at the fused resolution (1/8); BPKD's edge band
     (:func:`bcd.losses.baselines.bpkd.edge_body_masks`) of the ground truth resized, nearest, to
     the teacher logits' size, with the params' BPKD settings (BPKDLoss's defaults without one).
@@ -768,9 +769,15 @@ def boundary_maps(cfg, run: str, seed: int, teacher, student, samples: Sequence[
         for side, model in (("teacher", teacher), ("student", student)):
             inputs = model.data_preprocessor(batch, False)["inputs"]
             feats = model.extract_feat(inputs)
-            out[side] = torch.sigmoid(boundary_logits(fuse[side](feats), heads[side])).numpy()
+            fused = fuse[side](feats)
             if side == "teacher":
                 logits = model.decode_head(feats)
+                # the teacher boundary the loss distils: teacher_conv's, or (teacher: prediction)
+                # the one derived from the teacher's class probabilities
+                z = loss.teacher_boundary_logits(fused, logits)
+            else:
+                z = boundary_logits(fused, heads[side])
+            out[side] = torch.sigmoid(z).numpy()
         gt = torch.stack([torch.as_tensor(sample_gt(s)) for s in samples])
         labels = labels_at("figures", gt, len(samples), tuple(logits.shape[-2:]), "cpu")
         edge, _ = edge_body_masks(labels, int(edge_cfg.get("kernel_size", 3)),

@@ -263,7 +263,8 @@ def test_bench_grads_on_the_dataset_and_its_errors(tmp_path, capsys, monkeypatch
         main([*args, "--batch", "1"])
     with pytest.raises(Exception, match="no-such-run"):
         main(["grads", *_overlay(tmp_path, monkeypatch), "--run", "no-such-run"])
-    generate(tmp_path / "data", seed=2026, num_train=16, num_val=8, height=32, width=32)
+    generate(tmp_path / "data", seed=2026, num_train=16, num_val=8, height=32, width=32,
+             num_test=8)
     capsys.readouterr()
     assert main([*args, "--random-teacher"]) == 0
     text = capsys.readouterr().out

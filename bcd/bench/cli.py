@@ -3,6 +3,7 @@
     python -m bcd.bench context                      # naive vs blockwise context distillation
     python -m bcd.bench context --sizes 64 --json results/bench/context.json
     python -m bcd.bench step                         # one BCD training step vs one logit-KD step
+    python -m bcd.bench grads --run r18-bcd          # each loss term's gradient norm at iteration 1
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from bcd.bench import context, step
+    from bcd.bench import context, grads, step
 
     ctx = sub.add_parser("context", help="context distillation: materialised vs blockwise",
                          description=context.__doc__,
@@ -28,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     step.add_arguments(stp)
     stp.set_defaults(func=step.main)
+
+    grd = sub.add_parser("grads", help="each loss term's gradient norm on the student backbone",
+                         description=grads.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    grads.add_arguments(grd)
+    grd.set_defaults(func=grads.main)
     return parser
 
 

@@ -45,26 +45,45 @@ def _kd_distiller(tau: float, loss_weight: float) -> dict:
     )
 
 
-def _batch(batch: int, size: int, num_classes: int, seed: int) -> dict:
-    """Random images and blocky label maps (regions of 1/8 of the size) as mmseg packs them."""
+def synthetic_batch(batch: int, size: int | tuple[int, int], num_classes: int,
+                    seed: int) -> dict:
+    """Random images and blocky label maps (square regions of 32 pixels) as mmseg packs them:
+    ``{"inputs": [uint8 (3, H, W)], "data_samples": [SegDataSample]}``; ``size`` is ``H = W`` or
+    ``(H, W)``."""
     import torch
     import torch.nn.functional as F
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
 
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
     gen = torch.Generator().manual_seed(seed)
     inputs, samples = [], []
-    coarse = max(1, size // 32)
+    coarse = (max(1, h // 32), max(1, w // 32))
     for _ in range(batch):
-        inputs.append(torch.randint(0, 256, (3, size, size), generator=gen, dtype=torch.uint8))
-        grid = torch.randint(0, num_classes, (1, 1, coarse, coarse), generator=gen).float()
-        labels = F.interpolate(grid, size=(size, size), mode="nearest").long()[0]
+        inputs.append(torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8))
+        grid = torch.randint(0, num_classes, (1, 1, *coarse), generator=gen).float()
+        labels = F.interpolate(grid, size=(h, w), mode="nearest").long()[0]
         sample = SegDataSample()
         sample.gt_sem_seg = PixelData(data=labels)
-        sample.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size),
-                                 pad_shape=(size, size)))
+        sample.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
         samples.append(sample)
     return {"inputs": inputs, "data_samples": samples}
+
+
+def random_teacher(teacher_spec, num_classes: int, crop_size, path: Path, seed: int,
+                   note: str) -> Path:
+    """An untrained teacher (PyTorch's default initialisation, seeded), saved as a weights file
+    at ``path`` that the distillation config loads like a trained teacher's."""
+    import torch
+    from mmseg.registry import MODELS as SEG_MODELS
+
+    from bcd.mm import configs
+    from bcd.train import save_weights
+
+    torch.manual_seed(seed)
+    teacher = SEG_MODELS.build(configs.segmentor(teacher_spec, num_classes, crop_size))
+    save_weights(teacher, path, {"kind": "teacher", "note": note})
+    return path
 
 
 def _build(args, tmp: Path) -> tuple[dict, dict]:
@@ -72,12 +91,10 @@ def _build(args, tmp: Path) -> tuple[dict, dict]:
     import torch
     from mmengine.optim import OptimWrapper
     from mmrazor.registry import MODELS as RAZOR_MODELS
-    from mmseg.registry import MODELS as SEG_MODELS
 
     import bcd.mm  # noqa: F401  (compat patches, registration)
     from bcd import params as P
     from bcd.mm import configs
-    from bcd.train import save_weights
 
     cfg = P.load_params(args.params)
     spec = P.resolve_run(cfg, args.run)
@@ -89,11 +106,8 @@ def _build(args, tmp: Path) -> tuple[dict, dict]:
     if args.base_channels:  # e.g. 64 = the paper's width 1.0
         teacher_spec = dict(teacher_spec, base_channels=args.base_channels)
         student_spec = dict(student_spec, base_channels=args.base_channels)
-    torch.manual_seed(args.seed)
-    teacher = SEG_MODELS.build(configs.segmentor(teacher_spec, nc, configs.crop_size(data)))
-    ckpt = tmp / "teacher.pth"
-    save_weights(teacher, ckpt, {"kind": "teacher", "note": "bcd.bench step, random weights"})
-    del teacher
+    ckpt = random_teacher(teacher_spec, nc, configs.crop_size(data), tmp / "teacher.pth",
+                          args.seed, "bcd.bench step, random weights")
 
     bcd_methods = dict(spec["methods"])
     if args.temperature == "fixed":
@@ -245,7 +259,7 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bcd-bench-step-") as tmp:
         algos, setting = _build(args, Path(tmp))
-        batch = _batch(args.batch, args.size, setting["num_classes"], args.seed)
+        batch = synthetic_batch(args.batch, args.size, setting["num_classes"], args.seed)
         passes = {m: 0 for m in algos}
         for method, (algo, _) in algos.items():
             for loss in _cd_losses(algo):  # count the context passes repeated after a tau raise

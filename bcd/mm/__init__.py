@@ -7,7 +7,8 @@ registers bcd's modules so that any mmrazor/mmseg config can name them:
   ``BoundaryDistillLoss``, ``ContextDistillLoss`` (losses),
   ``HierarchicalFusion`` and ``SegDataSampleLabels`` (connectors);
 - mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
-  ``DistillScalarsHook``, ``TrainLogHook``, ``RNGStateHook``, ``TrainingSeedHook``; mmengine ``LOOPS``:
+  ``DistillScalarsHook``, ``TrainLogHook``, ``GradNormHook`` (each loss term's gradient
+  norm on the student backbone), ``RNGStateHook``, ``TrainingSeedHook``; mmengine ``LOOPS``:
   ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`); for multi-process
   runs (:mod:`bcd.mm.distributed`) ``SyncNormBuffersHook`` and the model wrapper
   ``BCDDistributedDataParallel``;

@@ -635,7 +635,8 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         custom_hooks=[dict(type="NonFiniteLossHook"), dict(type="RNGStateHook"),
                       dict(type="TrainingSeedHook"),
                       dict(type="TrainLogHook", out_file=str(log_file),
-                           interval=max(1, iters // 100)), *extra_hooks],
+                           interval=max(1, iters // 100)), dict(type="GradNormHook"),
+                      *extra_hooks],
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend=distributed.backend())),
         randomness=dict(seed=seed),
         resume=bool(resume),  # from work_dir/last_checkpoint (bcd.train decides when)

@@ -380,3 +380,26 @@ def test_bench_context_smoke(tmp_path):
     assert all(r["error"] is None and r["peak_bytes"] is not None and r["time_s"] > 0
                for r in rows)
     assert rows[1]["value_rel"] < 1e-4 and rows[1]["grad_rel"] < 1e-4
+
+
+def test_bench_step_profile_times_every_reading(tmp_path):
+    """`bench step --profile` times BD and CD alone also for readings that read the teacher's
+    logits (BD `teacher: prediction`) or its head (CD `teacher_features: head`, no t_fuse)."""
+    overlay = tmp_path / "readings.yaml"
+    overlay.write_text(
+        "methods:\n"
+        "  bd: {form: spatial, teacher: prediction}\n"
+        "  cd-head: {type: ContextDistillLoss, loss_weight: 0.05, teacher_features: head,\n"
+        "            reduction: row, fused_channels: 64}\n"
+        "runs:\n"
+        "  r18-cdh: {student: pspnet-r18, teacher: pspnet-r101, distill: [cd-head]}\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for run, terms in (("r18-bd", ["loss_bd"]), ("r18-cdh", ["loss_cd-head"])):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bcd.bench", "step", "--params", "params/default.yaml",
+             str(overlay), "--run", run, "--size", "32", "--batch", "2", "--repeats", "1",
+             "--warmup", "0", "--threads", "1", "--profile", "1"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        for term in terms:
+            assert f"{term} (fwd + bwd)" in proc.stdout, proc.stdout[-2000:]

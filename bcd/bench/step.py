@@ -196,21 +196,32 @@ def _breakdown(algo, batch, repeats: int) -> list[tuple[str, float]]:
             conn.clear_memo()
         return conn(feats)
 
+    with torch.no_grad():  # the teacher-side inputs a BD/CD reading may read
+        t_logits = algo.teacher.decode_head(t_feats)
+        head = algo.teacher.decode_head
+        t_head = head._forward_feature(t_feats) if hasattr(head, "_forward_feature") else None
     jobs = []
     if "s_fuse" in conns:
         s_fused = fuse("s_fuse", s_feats).detach().requires_grad_(True)
-        with torch.no_grad():
-            t_fused = fuse("t_fuse", t_feats)
+        t_fused = None
         jobs.append(("student fusion (fwd + bwd)",
                      lambda: fuse("s_fuse", s_feats).sum().backward()))
-        jobs.append(("teacher fusion (fwd)", lambda: fuse("t_fuse", t_feats)))
+        if "t_fuse" in conns:  # absent when only CD reads the teacher's head or logits
+            with torch.no_grad():
+                t_fused = fuse("t_fuse", t_feats)
+            jobs.append(("teacher fusion (fwd)", lambda: fuse("t_fuse", t_feats)))
         for name, loss in algo.distiller.distill_losses.items():
             if isinstance(loss, BoundaryDistillLoss):
                 jobs.append((f"{name} (fwd + bwd)",
-                             lambda loss=loss: loss(s_fused, t_fused, labels).backward()))
+                             lambda loss=loss: loss(s_fused, t_fused, gt_seg=labels,
+                                                    teacher_logits=t_logits).backward()))
             elif isinstance(loss, ContextDistillLoss):
+                t_side = {"fused": t_fused, "head": t_head, "logits": t_logits}[
+                    loss.teacher_features]
+                if t_side is None:
+                    continue  # a head without _forward_feature: no separate timing
                 jobs.append((f"{name} (fwd + bwd)",
-                             lambda loss=loss: loss(s_fused, t_fused).backward()))
+                             lambda loss=loss, t_side=t_side: loss(s_fused, t_side).backward()))
     out = []
     for name, job in jobs:
         job()

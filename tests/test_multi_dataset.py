@@ -170,7 +170,10 @@ def test_paper_profile_settings(paper):
         d = paper["datasets"][key]
         assert (d["dataset"], d["height"], d["width"]) == (key, 512, 512)
     bd, cd = paper["methods"]["bd"], paper["methods"]["cd"]
-    assert (bd["loss_weight"], cd["loss_weight"]) == (10.0, 50.0)
+    # the paper profile inherits the readings and weights the val protocol chose (docs/method.md)
+    assert (bd["form"], bd["teacher"], bd["loss_weight"]) == ("spatial", "prediction", 0.1)
+    assert (cd["reduction"], cd["teacher_features"], cd["loss_weight"]) == ("row", "fused", 0.05)
+    assert bd["teacher_fusion_seed"] == cd["teacher_fusion_seed"] == 0
     assert bd["fused_channels"] == cd["fused_channels"] == 256
     assert bd["temperature"] == cd["temperature"] == {"init": 1.0, "factor": 1.05,
                                                       "threshold": 0.5}

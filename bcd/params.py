@@ -7,7 +7,7 @@ the Snakemake workflow (``workflow/rules/common.smk``) and the generated ``dvc.y
 
 Validation rejects a bad file before any work starts, with the file and the key path::
 
-    params/default.yaml: methods.bd.loss_weight: -1.0 is less than or equal to the minimum of 0
+    params/default.yaml: methods.bd.loss_weight: -1.0 is less than the minimum of 0
 
 Stage names (the same in ``dvc.yaml`` and in Snakemake's benchmark files)::
 
@@ -463,6 +463,8 @@ def _data_folder_errors(cfg) -> list[tuple[tuple, str]]:
 #: heads that take a `backbone` key (the others have their own) and each one's backbone
 BACKBONE_ARCHS = ("pspnet", "deeplabv3plus")
 OWN_BACKBONE = {"segformer": "MiT-B0", "espnet": "ESPNet's encoder"}
+#: backbones with fixed widths whose `pretrained: imagenet` is an installed package's file
+LITE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 #: the smallest `base_channels` each non-ResNet arch can build with (ESP modules split into 5)
 MIN_BASE_CHANNELS = {"espnet": 2}
 
@@ -483,6 +485,18 @@ def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
     if "aspp_dilations" in spec and arch != "deeplabv3plus":
         out.append((where + ("aspp_dilations",), f"aspp_dilations applies to deeplabv3plus, "
                                                  f"not {arch}"))
+    lite = backbone is not None and backbone in LITE_BACKBONES
+    if "base_channels" in spec and lite:
+        out.append((where + ("base_channels",), f"{backbone} has the fixed widths of its "
+                                                "ImageNet weights; drop base_channels"))
+    if "output_stride" in spec and not lite:
+        out.append((where + ("output_stride",), f"output_stride applies to the "
+                                                f"{', '.join(LITE_BACKBONES)} backbones, not "
+                                                f"{describe_model(spec)}"))
+    if spec.get("pretrained") == "imagenet" and not lite:
+        out.append((where + ("pretrained",), f"`imagenet` names the installed weights of the "
+                                             f"{', '.join(LITE_BACKBONES)} backbones, not of "
+                                             f"{describe_model(spec)}; give a URL or a file"))
     least = MIN_BASE_CHANNELS.get(arch, 1)
     if spec.get("base_channels", least) < least:
         out.append((where + ("base_channels",), f"{arch} needs base_channels >= {least}"))

@@ -51,3 +51,17 @@ def test_default_bd_gradient_scale_16_to_64():
         scales.append(float(size * size * s.grad.norm(dim=1).mean()))
     assert all(v > 0 for v in scales)
     assert 0.5 <= scales[0] / scales[1] <= 2.0, scales
+
+
+def test_zero_weight_controls_follow_the_defaults():
+    """params/camvid-pretrained.yaml's bd-zero / cd-zero are `bd` / `cd` with weight 0."""
+    from bcd import params as P
+
+    root = DEFAULT.parent
+    cfg = P.load_params([DEFAULT, root / "camvid.yaml", root / "camvid-pretrained.yaml"])
+    for name in ("bd", "cd"):
+        control = dict(cfg["methods"][f"{name}-zero"])
+        assert control.pop("loss_weight") == 0.0
+        default = dict(cfg["methods"][name])
+        default.pop("loss_weight")
+        assert control == default, name

@@ -65,7 +65,7 @@ MALFORMED = [
     ("wrong-type-list", _set(("seeds",), "0"), "seeds", "not of type 'array'"),
     ("wrong-type-section", _set(("methods", "bd"), 10.0), "methods.bd", "not of type 'object'"),
     ("negative-weight", _set(("methods", "bd", "loss_weight"), -1.0), "methods.bd.loss_weight",
-     "-1.0 is less than or equal to the minimum of 0"),
+     "-1.0 is less than the minimum of 0"),
     ("negative-probe-weight", _set(("methods", "bd", "teacher_probe_weight"), -0.5),
      "methods.bd.teacher_probe_weight", "less than the minimum of 0"),
     ("nan-weight", _set(("methods", "cd", "loss_weight"), math.nan), "methods.cd.loss_weight",
@@ -161,7 +161,7 @@ def test_the_example_message_from_the_docs(tmp_path):
     cfg["methods"]["bd"]["loss_weight"] = -1.0
     bad = _write(tmp_path / "default.yaml", cfg)
     with pytest.raises(P.ParamsError, match=r"^.*default\.yaml: methods\.bd\.loss_weight: -1\.0 "
-                                            r"is less than or equal to the minimum of 0$"):
+                                            r"is less than the minimum of 0$"):
         P.load_params([bad])
 
 
@@ -229,7 +229,7 @@ def test_error_names_the_overlay_that_set_the_key(tmp_path):
     bad = _write(tmp_path / "bad.yaml", {"methods": {"bd": {"loss_weight": -1.0}}})
     with pytest.raises(P.ParamsError) as info:
         P.load_params([DEFAULT, bad, good])
-    assert str(info.value) == f"{bad}: methods.bd.loss_weight: -1.0 is less than or equal to the minimum of 0"
+    assert str(info.value) == f"{bad}: methods.bd.loss_weight: -1.0 is less than the minimum of 0"
 
 
 def test_error_names_the_base_when_the_overlay_did_not_touch_the_key(tmp_path):

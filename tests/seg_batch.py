@@ -1,4 +1,5 @@
-"""Test helper: a random mmseg batch (images and SegDataSample labels) for one training step."""
+"""Test helpers: a random mmseg batch (images and SegDataSample labels) for one training step,
+and a saved randomly initialised teacher."""
 import torch
 
 
@@ -16,3 +17,16 @@ def seg_batch(n: int, size: int, num_classes: int):
                             pad_shape=(size, size)))
         samples.append(s)
     return torch.randn(n, 3, size, size, generator=g), samples
+
+
+def saved_teacher(directory, spec, num_classes: int, crop=(32, 32)):
+    """Build the segmentor of model ``spec`` (random weights) and save it as ``model.pth`` in
+    ``directory`` (bcd's plain-weights format); returns the path."""
+    from mmseg.registry import MODELS
+
+    from bcd.mm import configs
+    from bcd.train import save_weights
+
+    path = directory / "model.pth"
+    save_weights(MODELS.build(configs.segmentor(spec, num_classes, crop)), path, {"kind": "teacher"})
+    return path

@@ -6,7 +6,7 @@ pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools
 
 import bcd.mm  # noqa: E402,F401  (patches + registration)
 from bcd.mm import configs  # noqa: E402
-from seg_batch import seg_batch  # noqa: E402  (tests/seg_batch.py)
+from seg_batch import saved_teacher, seg_batch  # noqa: E402  (tests/seg_batch.py)
 
 NUM_CLASSES = configs.num_classes(dict(dataset="shapes"))
 
@@ -24,14 +24,7 @@ def _batch(n=2, size=32, num_classes=None):
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory):
-    from mmseg.registry import MODELS
-
-    from bcd.train import save_weights
-
-    teacher = MODELS.build(configs.segmentor(TEACHER, NUM_CLASSES, (32, 32)))
-    path = tmp_path_factory.mktemp("teacher") / "model.pth"
-    save_weights(teacher, path, {"kind": "teacher"})
-    return path
+    return saved_teacher(tmp_path_factory.mktemp("teacher"), TEACHER, NUM_CLASSES)
 
 
 def _algorithm(teacher_ckpt, methods):

@@ -17,13 +17,13 @@ global generators from the run's seed right before the first iteration, so every
 from __future__ import annotations
 
 import contextlib
-import random
 from typing import Iterator
 
 import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from mmengine.runner.utils import set_random_seed
 from mmrazor.models.algorithms import SingleTeacherDistill
 from mmrazor.registry import MODELS
 
@@ -44,13 +44,6 @@ def training_seed(seed: int) -> int:
     """The seed the global generators get right before training (derived from the run's seed,
     so training draws do not replay the weight initialisation's stream)."""
     return int(np.random.SeedSequence([int(seed) % 2**32, 0x62636474]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global generators (torch: every CUDA device too)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @MODELS.register_module(force=True)
@@ -111,4 +104,4 @@ class TrainingSeedHook(Hook):
     priority = "VERY_HIGH"
 
     def before_train(self, runner) -> None:
-        seed_everything(training_seed(runner.seed))
+        set_random_seed(training_seed(runner.seed))  # Python, numpy, torch (every device)

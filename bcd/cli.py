@@ -45,6 +45,25 @@ def _data(args) -> None:
     print(f"dataset ready: {root}")
 
 
+def _class_weights(args) -> None:
+    from bcd.data.class_weights import (class_frequencies, median_frequency_weights,
+                                        split_label_files)
+    from bcd.mm.configs import num_classes
+
+    cfg = P.load_params(args.params)
+    data, root = P.data_section(cfg, args.dataset), P.data_dir(cfg, args.dataset)
+    names = [str(c) for c in range(num_classes(data))]
+    if data["dataset"] == "camvid":
+        from bcd.data.camvid import CLASSES as names
+    pixels, present_in = class_frequencies(split_label_files(root, args.split), len(names))
+    weights = median_frequency_weights(pixels, present_in, args.power)
+    share = pixels / max(pixels.sum(), 1)
+    print(f"{'class':<14}{'pixels %':>9}{'weight':>9}")
+    for name, s, w in zip(names, share, weights):
+        print(f"{name:<14}{100 * s:>9.2f}{w:>9.3f}")
+    print("class_weight: [" + ", ".join(f"{w:.3g}" for w in weights) + "]")
+
+
 def _teacher(args) -> None:
     from bcd.train import train_teacher
 
@@ -103,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("data", _data, "generate/prepare the dataset (the paper's datasets: check data.root)"
         ).add_argument("--dataset", help="a key of the params' `datasets` (default: `data`)")
+    p = cmd("class-weights", _class_weights,
+            "print median-frequency class weights of a prepared split (a model's class_weight)")
+    p.add_argument("--dataset", help="a key of the params' `datasets` (default: `data`)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--power", type=float, default=1.0,
+                   help="weights ** power (0.5: their square root; default 1)")
     p = cmd("teacher", _teacher, "train a teacher")
     p.add_argument("--teacher", required=True)
     _add_launcher(p)

@@ -221,8 +221,23 @@ def data_preprocessor(crop_size) -> dict:
                 seg_pad_val=255, size=tuple(crop_size))
 
 
-def _ce(weight: float) -> dict:
-    return dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=weight)
+def _ce(weight: float, class_weight=None) -> dict:
+    loss = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=weight)
+    if class_weight is not None:
+        loss["class_weight"] = [float(w) for w in class_weight]
+    return loss
+
+
+def class_weight(spec: Mapping[str, Any], num_classes: int) -> list[float] | None:
+    """The model's per-class weights of the segmentation cross-entropy (``class_weight``, e.g.
+    CamVid's median-frequency balancing), checked against the dataset's classes; None = equal."""
+    weights = spec.get("class_weight")
+    if weights is None:
+        return None
+    if len(weights) != num_classes:
+        raise ValueError(f"class_weight of {describe(spec)} has {len(weights)} entries but the "
+                         f"dataset has {num_classes} classes")
+    return [float(w) for w in weights]
 
 
 def decode_head(spec: Mapping[str, Any], num_classes: int, norm_cfg: dict) -> dict:
@@ -235,7 +250,7 @@ def decode_head(spec: Mapping[str, Any], num_classes: int, norm_cfg: dict) -> di
     """
     t = taps(spec, num_classes)
     common = dict(channels=t.head_channels, num_classes=num_classes, norm_cfg=norm_cfg,
-                  align_corners=False, loss_decode=_ce(1.0))
+                  align_corners=False, loss_decode=_ce(1.0, class_weight(spec, num_classes)))
     if spec["arch"] == "segformer":
         return dict(type="SegformerHead", in_channels=t.levels, in_index=[0, 1, 2, 3],
                     dropout_ratio=0.1, **common)
@@ -259,7 +274,7 @@ def auxiliary_head(spec: Mapping[str, Any], num_classes: int, norm_cfg: dict) ->
     return dict(type="FCNHead", in_channels=c3, in_index=2,
                 channels=_head_widths(spec)["aux_channels"], num_convs=1, concat_input=False,
                 dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm_cfg,
-                align_corners=False, loss_decode=_ce(0.4))
+                align_corners=False, loss_decode=_ce(0.4, class_weight(spec, num_classes)))
 
 
 def segmentor(spec: Mapping[str, Any], num_classes: int, crop_size, norm: str = "BN") -> dict:

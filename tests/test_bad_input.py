@@ -96,6 +96,8 @@ PARAMS_CASES = [
      "methods.bd.temperature.factor", "minimum of 1"),
     ("non-finite-weight", _set(("methods", "cd", "loss_weight"), float("inf")),
      "methods.cd.loss_weight", "finite"),
+    ("negative-class-weight", _set(("models", "pspnet-r18", "class_weight"), [1.0, -1.0]),
+     "models.pspnet-r18.class_weight[1]", "minimum of 0"),
     ("trimap-width-zero", _set(("evaluation", "trimap_widths"), [0, 2]),
      "evaluation.trimap_widths[0]", "minimum of 1"),
 ]

@@ -222,10 +222,10 @@ def data_preprocessor(crop_size) -> dict:
 
 
 def _ce(weight: float, class_weight=None) -> dict:
-    loss = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=weight)
-    if class_weight is not None:
-        loss["class_weight"] = [float(w) for w in class_weight]
-    return loss
+    if class_weight is not None:  # mmseg's class_weight path fails on void pixels
+        return dict(type="WeightedCrossEntropyLoss", class_weight=[float(w) for w in class_weight],
+                    loss_weight=weight)
+    return dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=weight)
 
 
 def class_weight(spec: Mapping[str, Any], num_classes: int) -> list[float] | None:

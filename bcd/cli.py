@@ -99,6 +99,12 @@ def _table(args) -> None:
     tables.main_table(args)
 
 
+def _summary(args) -> None:
+    from bcd import tables
+
+    tables.main_summary(args)
+
+
 def _figures(args) -> None:
     from bcd import figures
 
@@ -144,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights, settings and code is in the work dir")
     cmd("table", _table, "build a results table (CSV + LaTeX)").add_argument("--table",
                                                                                required=True)
+    p = cmd("summary", _summary,
+            "a table's rows on one split with per-class IoUs and paired intervals (val: the "
+            "last validation of each run, for choosing settings; test: the evaluated metrics)")
+    p.add_argument("--table", required=True)
+    p.add_argument("--split", choices=("val", "test"), default="val")
     cmd("figures", _figures, "draw the figures (qualitative grid, boundary maps, training curves, "
                              "ablation chart) and export the training curves for dvc plots")
     cmd("check-params", lambda a: P.main_check(a), "validate params and print a summary")

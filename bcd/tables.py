@@ -556,3 +556,87 @@ def main_table(args) -> None:
     cfg = P.load_params(args.params)
     paths = write_table(cfg, args.table)
     print(f"table {args.table}: {paths['csv']}, {paths['tex']}")
+
+
+# ----------------------------------------------------------------------------------------------
+# A table's rows on one split, per class: the val split (for decisions) or the test split
+# ----------------------------------------------------------------------------------------------
+def _split_result(cfg, kind: str, name: str, seed, split: str) -> dict:
+    """``{"mIoU": .., "per_class_iou": {class: IoU}}`` of a run (or the teacher) on ``split``:
+    ``val`` from the last validation of its train_log.json (it must be at the final iteration,
+    i.e. of the kept weights), ``test`` (the tables' split) from its metrics.json."""
+    files = P.teacher_paths(cfg, name) if kind == "teacher" else P.run_paths(cfg, name, seed)
+    if split != "val":
+        m = read_metrics(files["metrics"], stage=P.stage_name(
+            "evaluate-teacher" if kind == "teacher" else "evaluate", name,
+            *(() if kind == "teacher" else (seed,))), kind=kind, name=name, seed=seed)
+        if m.get("split") != split:
+            raise MetricsError(f"{files['metrics']}: evaluated on {m.get('split')!r}, not {split!r}")
+        return {"mIoU": float(m[METRIC]), "per_class_iou": dict(m.get("per_class_iou") or {})}
+    path = files["train_log"]
+    try:
+        log = json.loads(Path(path).read_text(encoding="utf-8"))
+        last = log["val"][-1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise MetricsError(f"{path}: no validation result to read ({err!r}); train the run "
+                           "with a val_interval that divides its iterations") from None
+    iters = P.resolve_teacher(cfg, name)["train"]["iters"] if kind == "teacher" else \
+        P.resolve_run(cfg, name)["train"]["iters"]
+    if last.get("iter") != iters:
+        raise MetricsError(f"{path}: the last validation is at iteration {last.get('iter')}, not "
+                           f"at the final {iters}: set val_interval to divide train iters")
+    return {"mIoU": float(last[METRIC]),
+            "per_class_iou": {k[4:]: float(v) for k, v in last.items() if k.startswith("IoU.")}}
+
+
+def split_summary(cfg, name: str, split: str = "val"):
+    """A table's rows on ``split`` (``val``: the last validation during training; else the
+    evaluated split): mean / sd of mIoU over seeds, the paired difference to the reference row
+    (as in the tables: mean, 95 % CI, verdict) and every class's mean IoU (``iou.<class>``).
+    The val numbers are for choosing settings; the tables report the test split."""
+    import pandas as pd
+
+    table = P.lookup(cfg, "tables", name)
+    teacher, seeds = table["teacher"], list(cfg["seeds"])
+    t_seed = cfg["teachers"][teacher]["seed"]
+    rows = [{"method": table.get("teacher_label") or f"T: {teacher}", "role": "teacher",
+             "run": teacher, "student_model": None, "distill": None,
+             "res": {t_seed: _split_result(cfg, "teacher", teacher, None, split)}}]
+    for row in table["rows"]:
+        spec = cfg["runs"][row["run"]]
+        rows.append({"method": row["label"], "role": "student", "run": row["run"],
+                     "student_model": spec["student"], "distill": spec.get("distill"),
+                     "res": {s: _split_result(cfg, "student", row["run"], s, split)
+                             for s in seeds}})
+    out = []
+    for rec in rows:
+        values = {s: r["mIoU"] for s, r in rec["res"].items()}
+        mean, sd = _mean_std(list(values.values()))
+        line = {"method": rec["method"], "run": rec["run"], "split": split, "n_seeds": len(values),
+                "miou_mean": mean, "miou_std": sd}
+        base = reference_row(rows, rec)
+        if base is not None and base is not rec:
+            got = paired_difference(values, {s: r["mIoU"] for s, r in base["res"].items()},
+                                    row=f"row {rec['method']!r}", against=f"{base['method']!r}")
+            line.update(paired_diff_mean=got["mean"], paired_diff_ci_low=got["ci_low"],
+                        paired_diff_ci_high=got["ci_high"], verdict=got["verdict"])
+        classes = next(iter(rec["res"].values()))["per_class_iou"]
+        for c in classes:
+            vals = [r["per_class_iou"].get(c, math.nan) for r in rec["res"].values()]
+            line[f"iou.{c}"] = statistics.fmean(vals)
+        out.append(line)
+    return pd.DataFrame.from_records(out)
+
+
+def main_summary(args) -> None:
+    """``python -m bcd summary --params F... --table NAME [--split val]``: print the rows and
+    write ``<results>/summaries/NAME.<split>.csv``."""
+    cfg = P.load_params(args.params)
+    df = split_summary(cfg, args.table, args.split)
+    path = Path(cfg["paths"]["results"]) / "summaries" / f"{args.table}.{args.split}.csv"
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.4g"))
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 40):
+        print(df.round(2).to_string(index=False))
+    print(f"summary of {args.table} on {args.split}: {path}")

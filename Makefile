@@ -13,13 +13,17 @@ PROFILE ?=
 env:
 	@bash tools/setup_env.sh
 
+# After a kill: run the same command again. It frees a stale lock (tools/unlock_stale.py) and
+# reruns the jobs the kill left incomplete; training resumes from its last checkpoint.
+SMK_RECOVER = $(PY) tools/unlock_stale.py && $(VENV)/bin/snakemake --rerun-incomplete
+
 reproduce: env
-	$(VENV)/bin/snakemake --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)
+	$(SMK_RECOVER) --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)
 
 reproduce-all: reproduce  # the former name
 
 reproduce-ablation: env
-	$(VENV)/bin/snakemake ablation --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)  # target first: --configfile takes several files
+	$(SMK_RECOVER) ablation --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)  # target first: --configfile takes several files
 
 test: env
 	$(PY) -m pytest -q -p no:cacheprovider

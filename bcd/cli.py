@@ -78,6 +78,11 @@ def _train(args) -> None:
     print(f"student weights: {path}")
 
 
+def _add_quiet(p) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines (iteration, losses, it/s, ETA) on stderr")
+
+
 def _add_launcher(p) -> None:
     p.add_argument("--launcher", choices=("none", "pytorch"), default="none",
                    help="pytorch: one of N processes started by `torchrun --nproc_per_node N "
@@ -111,6 +116,12 @@ def _figures(args) -> None:
     figures.main_figures(args)
 
 
+def _dvc_yaml(args) -> None:
+    from bcd import dvcfile
+
+    dvcfile.main_dvc_yaml(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bcd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("teacher", _teacher, "train a teacher")
     p.add_argument("--teacher", required=True)
     _add_launcher(p)
+    _add_quiet(p)
     p = cmd("train", _train, "train a student run for one seed")
     p.add_argument("--run", required=True)
     p.add_argument("--seed", type=int, required=True)
     _add_launcher(p)
+    _add_quiet(p)
     p = cmd("evaluate", _evaluate, "evaluate a trained run or teacher -> metrics.json")
     p.add_argument("--run")
     p.add_argument("--seed", type=int)
@@ -158,13 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("figures", _figures, "draw the figures (qualitative grid, boundary maps, training curves, "
                              "ablation chart) and export the training curves for dvc plots")
     cmd("check-params", lambda a: P.main_check(a), "validate params and print a summary")
-    cmd("dvc-yaml", lambda a: P.main_dvc_yaml(a), "write dvc.yaml from the params").add_argument(
+    cmd("dvc-yaml", _dvc_yaml, "write dvc.yaml from the params").add_argument(
         "--out", default="dvc.yaml")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        import os
+
+        os.environ["BCD_QUIET"] = "1"  # read by bcd.train
     if getattr(args, "trust_checkpoints", False):
         import os
 

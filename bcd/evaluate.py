@@ -137,10 +137,10 @@ def measure(cfg, *, run: str | None = None, seed: int | None = None,
     from mmengine.runner import Runner
 
     from bcd.mm import configs
-    from bcd.train import (_setup_threads, check_state_dict, load_meta, load_weights,
-                           require_dataset)
+    from bcd.runtime import require_dataset, setup_threads
+    from bcd.weights import check_state_dict, load_meta, load_weights
 
-    _setup_threads()
+    setup_threads(cfg, "evaluate")
     paths, spec, model_spec, kind, name, model_name, iters = _target(cfg, run, seed, teacher)
     data = spec["data"]
     root = require_dataset(cfg, P.dataset_of(cfg, run=run, teacher=teacher))

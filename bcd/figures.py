@@ -648,7 +648,7 @@ def load_segmentor(cfg, model_spec: Mapping[str, Any], ckpt):
     from mmseg.registry import MODELS
 
     from bcd.mm import configs
-    from bcd.train import check_state_dict, load_weights
+    from bcd.weights import check_state_dict, load_weights
 
     data = P.data_spec(cfg, P.figures_dataset(cfg))
     # a ConfigDict, as the Runner passes it (EncoderDecoder reads test_cfg.mode)
@@ -666,7 +666,7 @@ def load_distiller(cfg, run: str, seed: int):
     from mmrazor.registry import MODELS
 
     from bcd.mm import configs
-    from bcd.train import check_state_dict, load_weights
+    from bcd.weights import check_state_dict, load_weights
 
     spec = P.resolve_run(cfg, run)
     path = P.run_paths(cfg, run, seed)["distill_heads"]
@@ -691,7 +691,7 @@ def load_eval_samples(cfg) -> list[dict]:
     from mmseg.registry import DATASETS
 
     from bcd.mm import configs
-    from bcd.train import require_dataset
+    from bcd.runtime import require_dataset
 
     key = P.figures_dataset(cfg)
     data = P.data_spec(cfg, key)
@@ -797,7 +797,7 @@ def _miou(cfg, kind: str, name: str, seed) -> str:
     stage = (P.stage_name("evaluate-teacher", name) if kind == "teacher"
              else P.stage_name("evaluate", name, seed))
     m = tables.read_metrics(paths["metrics"], stage=stage, kind=kind, name=name,
-                            seed=None if kind == "teacher" else seed)
+                            seed=None if kind == "teacher" else seed, cfg=cfg)
     return f"mIoU {m['mIoU']:.2f}"
 
 
@@ -811,9 +811,9 @@ def _labels(cfg) -> dict:
 
 def make_qualitative_and_boundary(cfg) -> list[Path]:
     """Inference for the grid and the boundary figure; writes both."""
-    from bcd.train import _setup_threads
+    from bcd.runtime import setup_threads
 
-    _setup_threads()
+    setup_threads(cfg, "figures")
     fig_cfg, seed = settings(cfg), settings(cfg)["seed"]
     table = cfg["tables"][fig_cfg["table"]]
     t_name, s_run, d_run = table["teacher"], fig_cfg["student"], fig_cfg["distilled"]

@@ -34,33 +34,24 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from bcd.atomic import write_text_atomic
+from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
+from bcd.codedeps import stage_code
+from bcd.reference import paper_reference_errors
 
 SCHEMA_FILE = Path(__file__).parent / "schema" / "params.schema.yaml"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 #: Folders under ``paths.runs`` that are not runs.
 RESERVED_RUN_NAMES = ("teachers", "benchmarks", "logs")
-#: Architectures of the paper that this installation cannot build, and why (docs/models.md).
-UNAVAILABLE_ARCHS = {
-    "mask2former": (
-        "Mask2Former (the paper's ADE20K teacher) cannot be built here: mmseg 1.2.2's "
-        "Mask2FormerHead needs mmdet (MMDetection), which is not installed in this environment. "
-        "Use a PSPNet-R101 teacher (arch: pspnet, depth: 101) or install mmdet 3.x yourself "
-        "(not part of this project's tested stack)"),
-}
 
-# Code each kind of stage depends on, relative to the repository root (dvc.yaml ``deps``;
-# folders are expanded to their files for Snakemake, see :func:`code_files`). Teachers do not
-# depend on the distillation code (losses, connectors, schedule): editing a loss retrains
-# students, not the teacher.
-REFERENCE_CSV = "bcd/reference/bcd_reported_results.csv"
-DATA_CODE = ("bcd/data",)
-TEACHER_CODE = ("bcd/mm", "bcd/train.py", "bcd/provenance.py", "bcd/atomic.py")
-TRAIN_CODE = ("bcd/losses", "bcd/connectors.py", "bcd/schedule.py", "bcd/mm", "bcd/train.py",
-              "bcd/provenance.py", "bcd/atomic.py")
-EVALUATE_CODE = ("bcd/evaluate.py", "bcd/mm", "bcd/metrics", "bcd/provenance.py", "bcd/atomic.py")
-TABLE_CODE = ("bcd/tables.py", "bcd/atomic.py", REFERENCE_CSV)
-FIGURES_CODE = ("bcd/figures.py", "bcd/atomic.py")
+# Code each kind of stage depends on: files relative to the repository root, computed from the
+# import graph of the stage's command (bcd.codedeps), for dvc.yaml ``deps`` and the Snakefile's
+# inputs alike. A test runs the stages and checks that every bcd module they load is listed.
+DATA_CODE = stage_code("data")
+TEACHER_CODE = stage_code("teacher")
+TRAIN_CODE = stage_code("train")
+EVALUATE_CODE = stage_code("evaluate")
+TABLE_CODE = stage_code("table")
+FIGURES_CODE = stage_code("figures")
 
 
 class ParamsError(ValueError):
@@ -179,6 +170,16 @@ def files_of(cfg: Mapping) -> list[str]:
     return list(cfg.get("_files", []))
 
 
+def remake_command(cfg: Mapping, stage: str, path) -> str:
+    """How to rebuild one output of the profile ``cfg`` was loaded from, with either tool
+    (``--force``: the file may exist and be corrupt, which neither tool would redo by itself)."""
+    overlays = [f for f in files_of(cfg) if Path(f).name != "default.yaml"]
+    conf = f" --configfile {' '.join(map(str, overlays))}" if overlays else ""
+    dvc = f"`dvc repro --force {stage}`" if not overlays else (
+        f"`dvc repro --force {stage}` with a dvc.yaml of this profile")
+    return f"`snakemake --cores 1 --force{conf} -- {path}` or {dvc}"
+
+
 def _plain(obj):
     """Plain dicts/lists (Snakemake may hand over OrderedDicts)."""
     if isinstance(obj, Mapping):
@@ -218,7 +219,7 @@ def _keypath(path: Iterable) -> str:
     return out or "(top level)"
 
 
-def _defines(data, path) -> bool:
+def defines(data, path) -> bool:
     node = data
     for part in path:
         if isinstance(part, int):
@@ -235,7 +236,7 @@ def file_for(path: Sequence, layers: Sequence[tuple[str, Any]]) -> str:
     defines its longest defined prefix, else the first file."""
     for n in range(len(path), 0, -1):
         for name, data in reversed(layers):
-            if _defines(data, path[:n]):
+            if defines(data, path[:n]):
                 return name
     return layers[0][0]
 
@@ -379,9 +380,7 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
             if row["run"] in seen:
                 out.append((where + ("rows", i, "run"), f"run {row['run']!r} listed twice"))
             seen.add(row["run"])
-        from bcd import tables as _tables  # late: bcd.tables imports this module
-
-        for sub, message in _tables.paper_reference_errors(table):
+        for sub, message in paper_reference_errors(table):
             out.append((where + tuple(sub), message))
         out += _table_dataset_errors(cfg, name)
     if "figures" in cfg:
@@ -461,7 +460,6 @@ def _data_folder_errors(cfg) -> list[tuple[tuple, str]]:
 
 
 #: heads that take a `backbone` key (the others have their own) and each one's backbone
-BACKBONE_ARCHS = ("pspnet", "deeplabv3plus")
 OWN_BACKBONE = {"segformer": "MiT-B0", "espnet": "ESPNet's encoder"}
 #: backbones with fixed widths whose `pretrained: imagenet` is an installed package's file
 LITE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
@@ -1021,62 +1019,6 @@ def code_files(paths: Iterable[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# dvc.yaml
-# ----------------------------------------------------------------------------------------------
-def _param_files(cfg, keys: Sequence[str]) -> list[dict]:
-    """``params:`` entries of a stage. The first (base) file lists the stage's key paths that it
-    defines, so a change reruns exactly the stages that use it. Overlay files are tracked whole
-    (``- params/micro.yaml:``): a key added to an overlay later must still be seen, and DVC
-    refuses keys a file does not define; overlays are small profiles, so this costs little."""
-    files = files_of(cfg)
-    base = read_params_file(files[0])
-    entries = []
-    found = [k for k in keys if _defines(base, tuple(k.split(".")))]
-    if found:
-        entries.append({files[0]: found})
-    entries += [{f: None} for f in files[1:]]
-    return entries
-
-
-def dvc_yaml(cfg) -> dict:
-    """The dvc.yaml content for :func:`stages`."""
-    out = {}
-    for st in stages(cfg):
-        entry: dict[str, Any] = {"cmd": st.cmd, "deps": list(st.deps)}
-        if st.params:
-            entry["params"] = _param_files(cfg, st.params)
-        if st.outs:
-            entry["outs"] = list(st.outs) if st.cache else [{o: {"cache": False}} for o in st.outs]
-        if st.metrics:
-            entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
-        out[st.name] = entry
-    doc: dict[str, Any] = {"stages": out}
-    if figures_spec(cfg) is not None:
-        from bcd import figures  # late: bcd.figures imports this module
-
-        doc["plots"] = figures.dvc_plots(cfg)
-    return doc
-
-
-class _DvcDumper(yaml.SafeDumper):
-    """Writes ``None`` as nothing, as in DVC's docs: ``- params/micro.yaml:`` (the whole file)."""
-
-
-_DvcDumper.add_representer(type(None),
-                           lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", ""))
-
-
-def dvc_yaml_text(cfg) -> str:
-    args = " ".join(f"--params {shlex.quote(f)}" for f in files_of(cfg))
-    header = ("# GENERATED from the run matrix by\n"
-              f"#   python -m bcd dvc-yaml {args}\n"
-              "# Do not edit: change params/ and regenerate (a test checks that it is current).\n")
-    body = yaml.dump(dvc_yaml(cfg), Dumper=_DvcDumper, sort_keys=False,
-                     default_flow_style=False, width=100)
-    return header + body
-
-
-# ----------------------------------------------------------------------------------------------
 # Commands (wired into bcd/cli.py)
 # ----------------------------------------------------------------------------------------------
 def main_check(args) -> None:
@@ -1117,11 +1059,3 @@ def main_check(args) -> None:
         kind = s.name.split("-")[0] if not s.name.startswith("evaluate-teacher") else "evaluate"
         kinds[kind] = kinds.get(kind, 0) + 1
     print(f"  {len(st)} stages: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
-
-
-def main_dvc_yaml(args) -> None:
-    """``python -m bcd dvc-yaml --params F... [--out dvc.yaml]``: write the generated dvc.yaml."""
-    cfg = load_params(args.params)
-    out = Path(getattr(args, "out", None) or "dvc.yaml")
-    write_text_atomic(out, dvc_yaml_text(cfg))
-    print(f"wrote {out}: {len(stages(cfg))} stages")

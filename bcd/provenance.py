@@ -49,11 +49,12 @@ def code_version() -> dict:
 
 
 def record(*, kind: str, name: str, seed: int, spec: Mapping[str, Any],
-           teacher_ckpt: str | os.PathLike | None = None) -> dict:
-    """The provenance of one training run."""
+           teacher_ckpt: str | os.PathLike | None = None, threads: int | None = None) -> dict:
+    """The provenance of one training run (``threads``: torch's intra-op thread count it
+    computed with)."""
     return {
         "kind": kind, "name": name, "seed": seed, "spec": dict(spec),
-        "spec_sha256": spec_digest(spec), "code": code_version(),
+        "spec_sha256": spec_digest(spec), "code": code_version(), "threads": threads,
         "teacher_checkpoint": str(teacher_ckpt) if teacher_ckpt else None,
         "teacher_sha256": file_sha256(teacher_ckpt) if teacher_ckpt else None,
     }

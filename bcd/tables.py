@@ -16,19 +16,15 @@ metrics.json; metrics files written before that have none, and those cells stay 
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 from bcd import params as P
 from bcd.atomic import atomic_write, write_text_atomic
-
-REFERENCE = Path(__file__).parent / "reference" / "bcd_reported_results.csv"
-METRIC = "mIoU"
+from bcd.reference import METRIC, REFERENCE, REFERENCE_CSV, paper_rows
 
 #: Raw columns of the CSV (and of :func:`build_table`), in order.
 COLUMNS = [
@@ -64,56 +60,6 @@ class MetricsError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # The paper's numbers (bcd/reference/bcd_reported_results.csv: one value per row)
 # ----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _reference() -> tuple[dict, ...]:
-    with open(REFERENCE, newline="", encoding="utf-8") as fh:
-        return tuple(csv.DictReader(fh))
-
-
-def paper_rows(table: Mapping[str, Any], method: str, student: str | None = None) -> list[dict]:
-    """Reference rows (metric mIoU) of ``table['paper_table']`` for ``method``, narrowed by the
-    table's ``paper_dataset`` / ``paper_teacher`` and by ``student`` (a row's ``paper_student``)."""
-    if not table.get("paper_table"):
-        return []
-    want = {"table": table["paper_table"], "method": method, "metric": METRIC,
-            "dataset": table.get("paper_dataset"), "teacher": table.get("paper_teacher"),
-            "student": student}
-    return [r for r in _reference() if all(v is None or r[k] == v for k, v in want.items())]
-
-
-def paper_reference_errors(table: Mapping[str, Any]) -> list[tuple[tuple, str]]:
-    """Problems with a table's references into the paper (used by bcd.params validation):
-    ``[(key path below tables.NAME, message)]``."""
-    out: list[tuple[tuple, str]] = []
-    paper_table = table.get("paper_table")
-    if paper_table is not None:
-        known = sorted({r["table"] for r in _reference()})
-        if paper_table not in known:
-            return [(("paper_table",), f"no paper table {paper_table!r} in {P.REFERENCE_CSV} "
-                                       f"(tables: {', '.join(known)})")]
-        if len(paper_rows(table, "teacher")) > 1:
-            out.append((("paper_table",), "several paper teacher rows match; narrow them with "
-                                          "paper_dataset / paper_teacher"))
-    for i, row in enumerate(table["rows"]):
-        method = row.get("paper_method")
-        if method is None:
-            continue
-        where = ("rows", i, "paper_method")
-        if paper_table is None:
-            out.append((where, "needs the table's paper_table"))
-            continue
-        found = paper_rows(table, method, row.get("paper_student"))
-        if not found:
-            methods = sorted({r["method"] for r in _reference() if r["table"] == paper_table})
-            out.append((where, f"{method!r} matches no {METRIC} row of paper table {paper_table} "
-                               f"in {P.REFERENCE_CSV} (methods: {', '.join(methods)})"))
-        elif len(found) > 1:
-            out.append((where, f"{method!r} matches {len(found)} rows of paper table "
-                               f"{paper_table}; narrow them with paper_dataset / paper_teacher "
-                               "/ paper_student"))
-    return out
-
-
 def _paper(table, method: str | None, student: str | None = None) -> dict | None:
     if method is None:
         return None
@@ -134,15 +80,26 @@ def _unit(text: str | None, suffix: str) -> float:
 # ----------------------------------------------------------------------------------------------
 # Our numbers (metrics.json written by `python -m bcd evaluate`)
 # ----------------------------------------------------------------------------------------------
+#: numbers in the CSVs: 6 significant digits, so float32 noise (mmseg's metrics are float32
+#: rounded to 2 decimals: 12.15 arrives as 12.149999936421713) does not show
+CSV_FLOAT = "%.6g"
+
+
+def _csv_num(v: float) -> str:
+    return CSV_FLOAT % v
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def read_metrics(path, *, stage: str, kind: str, name: str, seed=None) -> dict:
+def read_metrics(path, *, stage: str, kind: str, name: str, seed=None, cfg=None) -> dict:
     """A metrics.json, checked: it must exist, be a JSON object for this kind/name/seed, with a
-    finite ``mIoU`` and ``params``, ``flops``, ``input_shape``."""
+    finite ``mIoU`` and ``params``, ``flops``, ``input_shape``. ``cfg`` (the loaded params)
+    makes the error's rebuild command that of its profile."""
     path = Path(path)
-    remake = f"it is made by stage {stage} (`dvc repro {stage}` or `snakemake --cores 1 {path}`)"
+    remake = (f"it is made by stage {stage}: rebuild it with "
+              f"{P.remake_command(cfg, stage, path) if cfg is not None else f'`dvc repro --force {stage}`'}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -195,7 +152,7 @@ def _ours(metrics: list[dict], seeds: list) -> dict:
         "ours_miou_std": statistics.stdev(values) if len(values) > 1 else math.nan,
         "n_seeds": len(values),
         "seeds": ";".join(str(s) for s in seeds),
-        "ours_miou_per_seed": ";".join(repr(v) for v in values),
+        "ours_miou_per_seed": ";".join(_csv_num(v) for v in values),
         "params_m": statistics.fmean(m["params"] for m in metrics) / 1e6,
         "flops_g": statistics.fmean(m["flops"] for m in metrics) / 1e9,
         "input_shape": ";".join("x".join(str(int(d)) for d in s) for s in sorted(shapes)),
@@ -292,7 +249,7 @@ def _paired(rec: dict, base: dict | None) -> dict:
     out.update({"paired_reference": base["run"], "paired_n": got["n"],
                 "paired_diff_mean": got["mean"], "paired_diff_ci_low": got["ci_low"],
                 "paired_diff_ci_high": got["ci_high"],
-                "paired_diff_per_seed": ";".join(repr(v) for v in got["per_seed"]),
+                "paired_diff_per_seed": ";".join(_csv_num(v) for v in got["per_seed"]),
                 "verdict": got["verdict"]})
     key = QUALITY["boundary_iou"]
     mine, theirs = _per_seed(rec["metrics"], key), _per_seed(base["metrics"], key)
@@ -325,7 +282,7 @@ def build_table(cfg, name: str):
     teacher = table["teacher"]
     t_stage = P.stage_name("evaluate-teacher", teacher)
     t_metrics = read_metrics(P.teacher_paths(cfg, teacher)["metrics"], stage=t_stage,
-                             kind="teacher", name=teacher, seed=None)
+                             kind="teacher", name=teacher, seed=None, cfg=cfg)
     records = [{
         "method": table.get("teacher_label") or f"T: {teacher}", "role": "teacher",
         "run": teacher, "paper_method": "teacher", "paper": _paper(table, "teacher"),
@@ -337,7 +294,7 @@ def build_table(cfg, name: str):
         run, seeds = row["run"], list(cfg["seeds"])
         metrics = [read_metrics(P.run_paths(cfg, run, s)["metrics"],
                                 stage=P.stage_name("evaluate", run, s),
-                                kind="student", name=run, seed=s) for s in seeds]
+                                kind="student", name=run, seed=s, cfg=cfg) for s in seeds]
         all_metrics.append(metrics)
         spec = cfg["runs"][run]
         records.append({
@@ -526,7 +483,7 @@ def _caption(cfg, name: str, df) -> str:
     return (f"{_tex_escape(table['caption'])}. Ours: {ours} (teacher: one run), profile "
             f"{_tex_escape(cfg['profile'])}; our Params and FLOPs are counted by mmengine at "
             f"{size}, the paper's at its own input size. Paper values from "
-            f"{_tex_escape(P.REFERENCE_CSV)}; the paper's gains are against its student row. "
+            f"{_tex_escape(REFERENCE_CSV)}; the paper's gains are against its student row. "
             f"{paired}.{cost}")
 
 
@@ -546,7 +503,7 @@ def write_table(cfg, name: str) -> dict:
     df = build_table(cfg, name)
     paths = P.table_paths(cfg, name)
     tex = to_latex(cfg, name, df)
-    atomic_write(paths["csv"], lambda p: df.to_csv(p, index=False))
+    atomic_write(paths["csv"], lambda p: df.to_csv(p, index=False, float_format=CSV_FLOAT))
     write_text_atomic(paths["tex"], tex)
     return paths
 
@@ -569,7 +526,7 @@ def _split_result(cfg, kind: str, name: str, seed, split: str) -> dict:
     if split != "val":
         m = read_metrics(files["metrics"], stage=P.stage_name(
             "evaluate-teacher" if kind == "teacher" else "evaluate", name,
-            *(() if kind == "teacher" else (seed,))), kind=kind, name=name, seed=seed)
+            *(() if kind == "teacher" else (seed,))), kind=kind, name=name, seed=seed, cfg=cfg)
         if m.get("split") != split:
             raise MetricsError(f"{files['metrics']}: evaluated on {m.get('split')!r}, not {split!r}")
         return {"mIoU": float(m[METRIC]), "per_class_iou": dict(m.get("per_class_iou") or {})}

@@ -24,127 +24,28 @@ import torch
 from bcd import params as P
 from bcd import provenance
 from bcd.atomic import atomic_write, write_json_atomic
+from bcd.runtime import (THREADS_ENV, check_teacher, require_dataset, require_teacher,
+                         setup_threads)
+# the weights I/O, for callers of this module (bcd.weights is its home)
+from bcd.weights import (TRUST_ENV, check_state_dict, load_meta, load_weights,  # noqa: F401
+                         save_weights)
 
 log = logging.getLogger("bcd")
 
 
-def _setup_threads() -> None:
-    n = os.environ.get("BCD_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
+QUIET_ENV = "BCD_QUIET"
 
 
-def require_dataset(cfg, dataset: str | None = None) -> Path:
-    """The prepared dataset folder of the top-level ``data`` (None) or ``datasets.<dataset>``, or
-    a clear error saying how to make it. The paper's datasets stay at ``root``, checked as the
-    data stage checks them (:mod:`bcd.data.paper`)."""
-    from bcd.data import paper
-
-    root, data = P.data_dir(cfg, dataset), P.data_section(cfg, dataset)
-    make = (f"run `python -m bcd data --params {' --params '.join(map(str, P.files_of(cfg)))}"
-            f"{'' if dataset is None else f' --dataset {dataset}'}` first")
-    if data["dataset"] in paper.DATASETS:
-        paper.check_dataset(data["dataset"], data["root"])
-        return Path(data["root"])
-    if data["dataset"] == "shapes":
-        from bcd.data.synthetic import check_dataset
-        from bcd.mm.configs import eval_split
-
-        split = eval_split(data)
-        if check_dataset(root)["counts"][split] == 0:  # a folder from before the test split
-            raise FileNotFoundError(f"dataset {root} holds no {split} split, which the tables "
-                                    f"report (shapes.eval_split); rebuild it: {make}")
-    elif data["dataset"] == "camvid":
-        from bcd.data import camvid
-        try:
-            camvid.check_dataset(root)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err}; {make}") from None
-    elif not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} is missing; {make}")
-    return root
-
-
-def require_teacher(cfg, teacher: str) -> Path:
-    path = P.teacher_paths(cfg, teacher)["model"]
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"teacher checkpoint {path} is missing; train it with `python -m bcd teacher --params "
-            f"{' '.join(map(str, P.files_of(cfg)))} --teacher {teacher}` (or `snakemake {path}`)")
-    return Path(path)
-
-
-def save_weights(module: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
-    """Save plain weights (loadable with ``weights_only=True``) atomically."""
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: torch.save({"state_dict": state, "meta": dict(meta)}, tmp))
-
-
-TRUST_ENV = "BCD_TRUST_CHECKPOINTS"  # =1: the user vouches for every checkpoint (full unpickling)
-
-
-def _load_weights_file(path: str | os.PathLike) -> dict:
-    """``torch.load`` with ``weights_only=True``: checkpoints handed to bcd are untrusted input.
-
-    Only with ``BCD_TRUST_CHECKPOINTS=1`` (``--trust-checkpoints``) is a file that needs full
-    unpickling loaded.
-    """
-    if os.environ.get(TRUST_ENV) == "1":
-        return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - truncated/corrupt/pickled files raise many types
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "weights_only" in str(err) or "Weights only load failed" in str(err):
-            raise ValueError(
-                f"{path}: not plain weights; loading it fully would unpickle arbitrary Python "
-                "objects, which can execute code. Convert it to a plain state dict "
-                "(torch.save(model.state_dict(), ...)), or, only for a file you trust, rerun with "
-                f"--trust-checkpoints ({TRUST_ENV}=1). (torch said: {first})") from err
-        raise ValueError(f"{path}: not a readable weights file ({first})") from err
-
-
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a weights file written by :func:`save_weights` (or any plain state dict), weights only."""
-    ckpt = _load_weights_file(path)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a weights file (expected a dict of tensors under "
-                         "'state_dict')")
-    return state
-
-
-def load_meta(path: str | os.PathLike) -> dict:
-    """The ``meta`` dict :func:`save_weights` stored (empty for a foreign weights file)."""
-    ckpt = _load_weights_file(path)
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
-    return meta if isinstance(meta, dict) else {}
-
-
-def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path) -> None:
-    """Refuse a checkpoint whose keys or shapes do not match ``model`` exactly."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            detail.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint "
-                          f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
-        raise ValueError(f"{path} does not fit the model's architecture: " + "; ".join(detail))
-
-
-def _run(config) -> Any:
+def _run(config, label: str | None = None) -> Any:
+    """Train with mmengine's Runner; ``label`` names the job in the progress lines
+    (:class:`bcd.mm.hooks.ProgressHook`; none when ``BCD_QUIET=1``)."""
     from mmengine.runner import Runner
 
+    from bcd.mm.hooks import progress_interval
+
+    if label and os.environ.get(QUIET_ENV) != "1":
+        every = progress_interval(config.train_cfg.max_iters)
+        config.custom_hooks.append(dict(type="ProgressHook", label=label, interval=every))
     runner = Runner.from_cfg(config)
     runner.train()
     return runner
@@ -160,6 +61,8 @@ def keep_selected(runner, train: Mapping[str, Any]) -> dict:
         return {"select": "last", "iter": int(train["iters"])}
     hub = runner.message_hub
     path = hub.get_info("best_ckpt")
+    if path:  # mmengine records an absolute path: in a moved or copied project, the run's own
+        path = str(Path(runner.work_dir) / Path(path).name)
     if not path or not Path(path).is_file():
         raise FileNotFoundError(
             f"train.select is best, but the best-val checkpoint {path or '(none recorded)'} is "
@@ -196,19 +99,50 @@ def training_cost(runner, t0: float) -> dict:
 
 
 def _fingerprint(made_from: Mapping[str, Any]) -> dict:
-    """What must match for a killed run to be resumed: its settings, teacher and seed.
+    """What must match for a killed run to be resumed: its settings, teacher, seed and the
+    thread count (results depend on it; a resume with another count is refused, not run).
 
     The code version is recorded (provenance) but not compared: a user who updates bcd while a
     long run is preempted still resumes it rather than losing hours.
     """
     return {"spec_sha256": made_from["spec_sha256"], "seed": made_from["seed"],
-            "teacher_sha256": made_from["teacher_sha256"]}
+            "teacher_sha256": made_from["teacher_sha256"], "threads": made_from["threads"]}
+
+
+#: fingerprint entries that describe how a run computes, not what it is: a checkpoint of a run
+#: that differs only in these is not stale; resuming it under other values is refused
+COMPUTE_KEYS = ("threads",)
 
 
 def _checkpoints(work: Path) -> list[Path]:
     """mmengine's ``iter_<N>.pth`` checkpoints in ``work``, oldest first."""
     found = [p for p in work.glob("iter_*.pth") if p.stem[5:].isdigit()] if work.is_dir() else []
     return sorted(found, key=lambda p: int(p.stem[5:]))
+
+
+def _complete(path: Path) -> bool:
+    """True when ``path`` is a whole torch checkpoint (a zip archive whose central directory,
+    written last, is there; a truncated or overwritten file fails)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _newest_complete(work: Path) -> Path | None:
+    """The newest complete checkpoint in ``work``; newer broken ones are renamed to
+    ``<name>.corrupt`` (kept for inspection, never resumed) with a warning."""
+    for ckpt in reversed(_checkpoints(work)):
+        if _complete(ckpt):
+            return ckpt
+        aside = ckpt.with_name(ckpt.name + ".corrupt")
+        ckpt.replace(aside)
+        log.warning("%s is truncated or corrupt: moved to %s; resuming from the checkpoint "
+                    "before it, if any", ckpt, aside.name)
+    return None
 
 
 def _prepare_work_dir_once(work: Path, fingerprint: Mapping[str, Any]) -> bool:
@@ -222,30 +156,44 @@ def _prepare_work_dir_once(work: Path, fingerprint: Mapping[str, Any]) -> bool:
 def prepare_work_dir(work: Path, fingerprint: Mapping[str, Any]) -> bool:
     """Make ``work`` ready for a run; True when it holds a checkpoint of the same run to resume.
 
-    A work dir written by a run with other settings (params, teacher, seed) is moved aside to
-    ``work.stale`` (replacing an older one) rather than resumed; nothing else is deleted.
+    The checkpoint resumed is the newest *complete* ``iter_<N>.pth`` inside ``work`` itself:
+    mmengine's ``last_checkpoint`` pointer is rewritten to it, whatever it held (an absolute
+    path: in a moved or copied project it names a file elsewhere, which is never resumed from;
+    emptied by a kill while mmengine rewrote it). A work dir written by a run with other
+    settings (params, teacher, seed) is moved aside to ``work.stale`` (replacing an older one)
+    rather than resumed; nothing else is deleted. One that differs only in how it computes
+    (:data:`COMPUTE_KEYS`: the thread count) is refused with a ``ValueError`` saying how to
+    resume it.
     """
     stamp = work / "run_fingerprint.json"
     fingerprint = json.loads(json.dumps(fingerprint, default=str))
     pointer = work / "last_checkpoint"
-    saved = _checkpoints(work)
-    if saved and not pointer.is_file():
-        # killed between writing a checkpoint (atomically, so it is complete) and mmengine's
-        # pointer to it: point at the newest one
-        pointer.write_text(str(saved[-1].resolve()))
-    if pointer.is_file():
+    newest = _newest_complete(work)
+    if newest is not None or pointer.is_file():
         try:
-            same = json.loads(stamp.read_text()) == fingerprint
+            old = json.loads(stamp.read_text())
         except (OSError, ValueError):
-            same = False
-        target = Path(pointer.read_text().strip())
-        if same and target.is_file():
-            log.warning("resuming from %s", target)
+            old = None
+        same_run = isinstance(old, dict) and all(
+            old.get(k) == v for k, v in fingerprint.items() if k not in COMPUTE_KEYS)
+        if same_run and newest is not None:
+            changed = {k: (old.get(k), fingerprint[k]) for k in COMPUTE_KEYS
+                       if k in fingerprint and old.get(k) != fingerprint[k]}
+            if changed:
+                what = "; ".join(f"{k} {a} then, {b} now" for k, (a, b) in changed.items())
+                raise ValueError(
+                    f"{work}: resuming needs the settings the run started with ({what}): "
+                    f"set {THREADS_ENV}={changed['threads'][0]} to resume it, or delete "
+                    f"{work} to start over")
+            atomic_write(pointer, lambda tmp: tmp.write_text(str(newest.resolve())))
+            log.warning("resuming from %s", newest)
             return True
         stale = work.with_name(work.name + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
         work.rename(stale)
-        log.warning("%s held checkpoints of a run with other settings; moved to %s", work, stale)
+        why = ("held checkpoints of a run with other settings" if not same_run else
+               "held no complete checkpoint")
+        log.warning("%s %s; moved to %s", work, why, stale)
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stamp, fingerprint)
     return False
@@ -255,21 +203,25 @@ def train_teacher(cfg, name: str, launcher: str = "none") -> Path:
     """Fine-tune (here: train from scratch) one teacher; write its weights and training log."""
     from bcd.mm import compat, configs, distributed
 
-    _setup_threads()
-    _, world = distributed.init(launcher)
+    from bcd.mm.amp import check_device
+
+    threads = setup_threads(cfg, "teacher")
     spec = P.resolve_teacher(cfg, name)
+    check_device(spec["train"], "teacher")
+    _, world = distributed.init(launcher)
     paths = P.teacher_paths(cfg, name)
     root = require_dataset(cfg, P.dataset_of(cfg, teacher=name))
     work = Path(paths["dir"]) / "work"
     compat.trust_checkpoint_root(work)
-    made_from = provenance.record(kind="teacher", name=name, seed=spec["seed"], spec=spec)
+    made_from = provenance.record(kind="teacher", name=name, seed=spec["seed"], spec=spec,
+                                  threads=threads)
     resume = _prepare_work_dir_once(work, _fingerprint(made_from))
     t0 = time.time()
     config = configs.teacher_config(spec=spec["model"], data=spec["data"], data_root=root,
                                     train=spec["train"], work_dir=work, seed=spec["seed"],
                                     log_file=paths["train_log"], resume=resume,
                                     launcher=launcher)
-    runner = _run(config)
+    runner = _run(config, f"teacher {name}")
     kept = keep_selected(runner, spec["train"])
     if distributed.is_main():
         save_weights(distributed.unwrap(runner.model), paths["model"],
@@ -287,20 +239,23 @@ def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
     """Train one student run (plain, or distilled from its teacher) for one seed."""
     from bcd.mm import compat, configs, distributed
 
-    _setup_threads()
-    _, world = distributed.init(launcher)
+    from bcd.mm.amp import check_device
+
+    threads = setup_threads(cfg, "train")
     spec = P.resolve_run(cfg, run)
+    check_device(spec["train"], "student")
+    _, world = distributed.init(launcher)
     paths = P.run_paths(cfg, run, seed)
     root = require_dataset(cfg, P.dataset_of(cfg, run=run))
     teacher_ckpt, teacher_spec = None, None
     if spec["methods"]:
         teacher_ckpt = require_teacher(cfg, spec["teacher"]["name"])
         teacher_spec = spec["teacher"]["model"]
-        _check_teacher(teacher_spec, spec["data"], teacher_ckpt)
+        check_teacher(teacher_spec, spec["data"], teacher_ckpt)
     work = Path(paths["dir"]) / "work"
     compat.trust_checkpoint_root(work)
     made_from = provenance.record(kind="student", name=run, seed=seed, spec=spec,
-                                  teacher_ckpt=teacher_ckpt)
+                                  teacher_ckpt=teacher_ckpt, threads=threads)
     resume = _prepare_work_dir_once(work, _fingerprint(made_from))
     t0 = time.time()
     config = configs.distill_config(
@@ -309,7 +264,7 @@ def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
         decay_schedule=spec["weight_decay_schedule"], data=spec["data"], data_root=root,
         train=spec["train"], work_dir=work, seed=seed, log_file=paths["train_log"],
         resume=resume, launcher=launcher)
-    runner = _run(config)
+    runner = _run(config, f"train {run} seed {seed}")
     kept = keep_selected(runner, spec["train"])
     if not distributed.is_main():  # rank 0 writes the outputs (every rank holds the same model)
         distributed.barrier()
@@ -345,17 +300,6 @@ def _evaluate_now(cfg, **target) -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     evaluate_after_training(cfg, **target)
-
-
-def _check_teacher(teacher_spec, data, ckpt: Path) -> None:
-    """Refuse a teacher checkpoint that does not fit the teacher architecture, before training."""
-    from mmseg.registry import MODELS
-
-    from bcd.mm import configs
-
-    model = MODELS.build(configs.segmentor(teacher_spec, configs.num_classes(data),
-                                           configs.crop_size(data)))
-    check_state_dict(model, load_weights(ckpt), ckpt)
 
 
 logging.getLogger("mmengine").setLevel(logging.WARNING)

@@ -201,7 +201,7 @@ def test_training_refuses_an_unprepared_dataset(tmp_path):
 def test_teacher_checkpoint_of_the_wrong_architecture_is_refused(tmp_path):
     pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
     from bcd.mm import configs
-    from bcd.train import _check_teacher, save_weights
+    from bcd.train import check_teacher, save_weights
     from mmseg.registry import MODELS
 
     cfg = P.load_params([DEFAULT])
@@ -211,7 +211,7 @@ def test_teacher_checkpoint_of_the_wrong_architecture_is_refused(tmp_path):
     save_weights(r18, ckpt, {"kind": "teacher"})
     before = ckpt.read_bytes()
     with pytest.raises(ValueError, match=r"teacher\.pth does not fit the model's architecture"):
-        _check_teacher(cfg["models"]["pspnet-r101"], data, ckpt)
+        check_teacher(cfg["models"]["pspnet-r101"], data, ckpt)
     assert ckpt.read_bytes() == before
 
 

@@ -5,6 +5,7 @@ comes from the runs' metrics files, a second call does no work, a diverging run 
 first non-finite loss naming the term and the iteration, and missing inputs get clear messages.
 """
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,8 +23,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 MICRO = ["--params", "params/default.yaml", "--params", "params/micro.yaml"]
 
 
-def _run(args, cwd, timeout=900, check=True):
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def _run(args, cwd, timeout=900, check=True, env=None):
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-3000:]}")
@@ -39,8 +41,32 @@ def project(tmp_path_factory):
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(src, root / name)
-    _run(SNAKEMAKE + ["--cores", "2", "--configfile", "params/micro.yaml"], cwd=root)
+    # every job records the bcd modules it loaded (bcd/__main__.py), for the code-deps check
+    env = {**os.environ, "BCD_RECORD_IMPORTS": str(root / "imports")}
+    _run(SNAKEMAKE + ["--cores", "2", "--configfile", "params/micro.yaml"], cwd=root, env=env)
     return root
+
+
+def test_each_stage_depends_on_the_code_it_runs(project):
+    """Every bcd module a job of the workflow loaded is among its stage's declared code
+    dependencies (bcd.codedeps, the same lists for dvc.yaml and the Snakefile): editing any
+    code a stage runs reruns it."""
+    from bcd import codedeps
+    from bcd import params as P
+
+    declared = {"data": P.DATA_CODE, "teacher": P.TEACHER_CODE, "train": P.TRAIN_CODE,
+                "evaluate": P.EVALUATE_CODE, "table": P.TABLE_CODE, "figures": P.FIGURES_CODE}
+    seen = set()
+    for record in (project / "imports").glob("*.json"):
+        job = json.loads(record.read_text())
+        kind = job["argv"][0]
+        seen.add(kind)
+        files = {str(Path(f)) for f in P.code_files(str(ROOT / d) for d in declared[kind])}
+        for mod in job["modules"]:
+            path = codedeps.module_path(mod)
+            assert path is not None and str(ROOT / path.relative_to(codedeps.ROOT)) in files, \
+                f"stage kind {kind!r} loaded {mod} but does not depend on its file"
+    assert seen == set(declared), f"no job recorded for {set(declared) - seen}"
 
 
 def test_micro_workflow_produces_table_from_metrics(project):

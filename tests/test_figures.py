@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from bcd import figures as F
+from bcd import dvcfile
 from bcd import params as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -370,7 +371,7 @@ def test_figures_stage_and_no_section_no_stage():
     assert set(stage.params) == {"figures", "methods.bpkd", *P.data_keys(cfg)}
     no_figures = {k: v for k, v in copy.deepcopy(cfg).items() if k != "figures"}
     assert "figures" not in {s.name for s in P.stages(no_figures)}
-    assert "plots" not in P.dvc_yaml(no_figures)
+    assert "plots" not in dvcfile.dvc_yaml(no_figures)
 
 
 # ----------------------------------------------------------------------------------------------

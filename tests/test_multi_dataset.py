@@ -215,7 +215,9 @@ def test_table_ii_rows_compare_each_student_with_its_own_plain_run(paper, table,
             p.parent.mkdir(parents=True)
             p.write_text(json.dumps(_metrics("student", row["run"], seed, ours[row["run"]])))
     df = T.build_table(paper, table)
-    reference = T._reference()
+    from bcd.reference import rows
+
+    reference = rows()
     assert len(df) == 1 + len(spec["rows"])
     teacher = [r for r in reference if r["table"] == "II" and r["dataset"] == spec["paper_dataset"]
                and r["method"] == "teacher" and r["teacher"] == r["student"]

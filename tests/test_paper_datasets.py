@@ -16,6 +16,7 @@ from PIL import Image
 
 from bcd import params as P
 from bcd.data import paper
+from bcd.reference import REFERENCE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "params/default.yaml"
@@ -165,7 +166,7 @@ def test_table_matches_mmseg_and_the_schema():
         assert names == tuple(classes) and len(palette) == nc
     enum = P.schema()["properties"]["data"]["properties"]["dataset"]["enum"]
     assert set(enum) == {"shapes", "camvid", *paper.DATASETS}
-    with open(ROOT / P.REFERENCE_CSV, newline="") as fh:  # tables select paper rows by it
+    with open(REFERENCE, newline="") as fh:  # tables select paper rows by it
         reported = {row["dataset"] for row in csv.DictReader(fh)}
     assert {ds.paper_name for ds in paper.DATASETS.values()} <= reported
 

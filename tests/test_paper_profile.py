@@ -108,7 +108,8 @@ def test_smoke_covers_every_architecture_of_every_table():
 
 
 def _smoke_overlay(tmp_path: Path, roots: dict) -> Path:
-    train = dict(iters=2, batch_size=2, val_interval=2, checkpoint_interval=2)
+    # amp none: the profile's fp16 needs a GPU (a CPU run of it is refused, tests/test_amp.py)
+    train = dict(iters=2, batch_size=2, val_interval=2, checkpoint_interval=2, amp="none")
     overlay = {
         "profile": "paper-smoke",
         "seeds": [0],

@@ -1,6 +1,7 @@
 """A training run killed part-way resumes from its last checkpoint and ends exactly where an
 uninterrupted run ends (same weights, same log), through mmengine's resume (bcd.mm.resume)."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -118,6 +119,75 @@ def test_select_best_keeps_the_best_validation_weights(project):
     for key, value in saved["state_dict"].items():
         assert torch.equal(ckpt["state_dict"][key], value), key
 
-    _bcd(project, "train", "--run", "r18", "--seed", "3")
-    last = torch.load(project / "runs/r18/seed3/model.pth", weights_only=True)["meta"]["kept"]
-    assert last == {"select": "last", "iter": 12}
+    proc = _bcd(project, "train", "--run", "r18", "--seed", "3")
+    saved = torch.load(project / "runs/r18/seed3/model.pth", weights_only=True)["meta"]
+    assert saved["kept"] == {"select": "last", "iter": 12}
+    # progress lines on stderr, one per progress_interval(12) = 1 iteration
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[train r18 seed 3] iter ")]
+    assert [ln.split()[5] for ln in lines] == [f"{i}/12" for i in range(1, 13)]
+    assert "loss " in lines[-1] and "decode.loss_ce" in lines[-1] and "ETA 0m00s" in lines[-1]
+    assert " it/s " in lines[-1]
+    # the thread count the run computed with (ENV: BCD_THREADS=1) is in its provenance
+    assert saved["provenance"]["threads"] == 1
+
+
+def test_quiet_training_prints_no_progress(project):
+    proc = _bcd(project, "train", "--run", "r18", "--seed", "4", "--quiet")
+    assert "iter " not in proc.stderr
+
+
+def test_a_copied_project_resumes_its_own_killed_run(project, tmp_path):
+    """Kill a run, copy the project elsewhere and rerun in the copy: it resumes from the copy's
+    own checkpoint (the pointer mmengine wrote names the original's) and ends where an
+    uninterrupted run ends."""
+    run, out = "r18", "runs/r18/seed5"
+    _bcd(project, "train", "--run", run, "--seed", "5", "--quiet")
+    reference = torch.load(project / out / "model.pth", weights_only=True)["state_dict"]
+    shutil.rmtree(project / out)
+    _kill_after_checkpoint(project, run, 5, "iter_3.pth")
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy)
+    shutil.rmtree(project / out)                          # the original is gone: nothing to read
+    proc = _bcd(copy, "train", "--run", run, "--seed", "5", "--quiet")
+    assert f"resuming from {out}/work/iter_" in proc.stderr
+    resumed = torch.load(copy / out / "model.pth", weights_only=True)
+    assert resumed["meta"]["resumed"] is True
+    assert all(torch.equal(reference[k], v) for k, v in resumed["state_dict"].items())
+
+
+def test_the_thread_count_comes_from_the_params_whatever_the_environment(project):
+    """The plain command, Snakemake (OMP_NUM_THREADS = the job's threads) and DVC (the shell's
+    environment) compute with resources.train.threads: the same weights under each."""
+    weights = []
+    for i, omp in enumerate(("1", "2")):
+        env = {k: v for k, v in ENV.items() if k != "BCD_THREADS"}
+        env["OMP_NUM_THREADS"] = omp
+        overlay = project / f"params/seed{i}.yaml"
+        overlay.write_text(yaml.safe_dump({"paths": {"runs": f"runs/t{i}"}}))
+        cmd = [sys.executable, "-m", "bcd", "train", "--run", "r18", "--seed", "0", "--quiet",
+               "--params", "params/default.yaml", "--params", "params/micro.yaml",
+               "--params", "params/resume.yaml", "--params", str(overlay)]
+        proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        saved = torch.load(project / f"runs/t{i}/r18/seed0/model.pth", weights_only=True)
+        assert saved["meta"]["provenance"]["threads"] == 1       # resources.train.threads
+        weights.append(saved["state_dict"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_bf16_mixed_precision_trains_teacher_and_student_on_the_cpu(project):
+    """train.<role>.amp: bf16 runs the teacher and a BCD student under CPU autocast (the losses
+    in float32): finite losses, the setting in the run's provenance, weights in float32."""
+    (project / "params/amp.yaml").write_text(yaml.safe_dump(
+        {"paths": {"runs": "runs/amp"},
+         "train": {"teacher": {"amp": "bf16"}, "student": {"amp": "bf16"}}}))
+    _bcd(project, "teacher", "--teacher", "pspnet-r101", "--quiet", overlays=["params/amp.yaml"])
+    _bcd(project, "train", "--run", "r18-bcd", "--seed", "0", "--quiet",
+         overlays=["params/amp.yaml"])
+    saved = torch.load(project / "runs/amp/r18-bcd/seed0/model.pth", weights_only=True)
+    assert saved["meta"]["provenance"]["spec"]["train"]["amp"] == "bf16"
+    assert all(v.dtype != torch.bfloat16 for v in saved["state_dict"].values())
+    log = json.loads((project / "runs/amp/r18-bcd/seed0/train_log.json").read_text())
+    assert all(math.isfinite(r["loss"]) for r in log["train"])
+    assert any(k.startswith("distill.loss_bd") for k in log["train"][-1])

@@ -144,6 +144,19 @@ def test_malformed_metrics_file_names_it(cfg, content, words):
     assert "evaluate-r18-bd-seed2" in message
 
 
+def test_the_rebuild_command_names_the_profile_and_forces_the_corrupt_file(cfg, tmp_path):
+    """The suggested command works for the profile in use: its overlays as --configfile, and
+    --force (a corrupt file exists, so neither tool would rebuild it by itself)."""
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("seeds: [1]\n")
+    cfg = P.load_params([DEFAULT, overlay])
+    path = P.run_paths(cfg, "r18-bd", 1)["metrics"]
+    path.write_text("{not json")
+    with pytest.raises(T.MetricsError) as info:
+        T.build_table(cfg, "table1")
+    assert f"`snakemake --cores 1 --force --configfile {overlay} -- {path}`" in str(info.value)
+
+
 def test_write_table_csv_and_tex(cfg):
     paths = T.write_table(cfg, "table1")
     assert paths == P.table_paths(cfg, "table1")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bcd import dvcfile
 from bcd import params as P
 
 pytest.importorskip("snakemake", reason="snakemake is installed by tools/setup_env.sh")
@@ -106,7 +107,7 @@ def at_root(monkeypatch):
 
 
 def test_committed_dvc_yaml_is_current(at_root):
-    fresh = P.dvc_yaml_text(P.load_params(["params/default.yaml"]))
+    fresh = dvcfile.dvc_yaml_text(P.load_params(["params/default.yaml"]))
     assert (ROOT / "dvc.yaml").read_text() == fresh, (
         "dvc.yaml is stale: run `python -m bcd dvc-yaml --params params/default.yaml`")
 
@@ -278,7 +279,7 @@ def test_snakemake_reruns_only_the_runs_that_use_a_changed_method(sandbox):
 def test_dvc_reruns_only_the_runs_that_use_a_changed_method(sandbox, monkeypatch):
     pytest.importorskip("dvc", reason="dvc is installed by tools/setup_env.sh")
     monkeypatch.chdir(sandbox)
-    Path("dvc.yaml").write_text(P.dvc_yaml_text(P.load_params(["params/default.yaml",
+    Path("dvc.yaml").write_text(dvcfile.dvc_yaml_text(P.load_params(["params/default.yaml",
                                                                "params/micro.yaml"])))
     dvc = str(BIN / "dvc")
     _run([dvc, "init", "--no-scm", "-q"], cwd=sandbox)

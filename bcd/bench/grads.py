@@ -79,14 +79,14 @@ def _teacher(cfg, spec: dict, data: dict, work: Path, random_teacher: bool,
 
 def _make_teacher(cfg, spec: dict, data: dict, work: Path, random_teacher: bool):
     from bcd import params as P
-    from bcd import train as T
+    from bcd import runtime as T
     from bcd.bench.step import random_teacher as make_random
     from bcd.mm import configs
 
     name = spec["teacher"]["name"]
     path = Path(P.teacher_paths(cfg, name)["model"])
     if path.is_file():
-        T._check_teacher(spec["teacher"]["model"], data, path)
+        T.check_teacher(spec["teacher"]["model"], data, path)
         return path, str(path)
     if not random_teacher:
         try:
@@ -110,7 +110,7 @@ def measure(cfg, run: str, seed: int, work: Path, *, random_teacher: bool = Fals
 
     import bcd.mm  # noqa: F401  (compat patches, registration)
     from bcd import params as P
-    from bcd import train as T
+    from bcd import runtime as T
     from bcd.mm import configs
     from bcd.mm.compat import PretrainedWeightsError
 
@@ -218,14 +218,14 @@ def run(args) -> dict:
     import torch
 
     from bcd import params as P
-    from bcd import train as T
+    from bcd import runtime as T
 
     files = args.params or ["params/default.yaml"]
     cfg = P.load_params(files)
     runs = list(cfg["runs"]) if "all" in (args.run or []) else list(args.run or ["r18-bcd"])
     for r in runs:
         P.lookup(cfg, "runs", r)  # unknown names: one clear error before any work
-    T._setup_threads()
+    T.setup_threads(cfg, "train")
     import bcd.mm  # noqa: F401  (compat patches first)
 
     # what mmengine and torch import lazily in the first Runner (~5 s), before the clock starts

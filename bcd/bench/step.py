@@ -78,7 +78,7 @@ def random_teacher(teacher_spec, num_classes: int, crop_size, path: Path, seed: 
     from mmseg.registry import MODELS as SEG_MODELS
 
     from bcd.mm import configs
-    from bcd.train import save_weights
+    from bcd.weights import save_weights
 
     torch.manual_seed(seed)
     teacher = SEG_MODELS.build(configs.segmentor(teacher_spec, num_classes, crop_size))

@@ -23,6 +23,7 @@ from ..schedule import AdaptiveTemperature, build_temperature
 from ._kl import tempered_kl
 from ._checks import check_maps
 from .pairs import line_max, pair_lines, partner_mask, shifted
+from .precision import float32_math
 
 FORMS = ("affinity", "line", "spatial")
 TEACHERS = ("probe", "probe_pred", "prediction")
@@ -357,6 +358,7 @@ class BoundaryDistillLoss(nn.Module):
             return None
         return self._labels_at(gt_seg.to(device), n, size)
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor, gt_seg: Tensor | None = None,
                 teacher_logits: Tensor | None = None) -> Tensor:
         """Weighted KD term plus (probe readings) the weighted teacher probe; see the class doc."""

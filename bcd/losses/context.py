@@ -19,6 +19,7 @@ from .relation import (
     relation_logits,
     teacher_relation_extremes,
 )
+from .precision import float32_math
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -226,6 +227,7 @@ class ContextDistillLoss(nn.Module):
         conv = self.student_align
         return nn.functional.conv2d(preds_S, conv.weight.to(preds_S.dtype), conv.bias.to(preds_S.dtype))
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Weighted mean row KL of the self-relations; see the class doc."""
         t_feat = self._teacher_map(preds_S, preds_T)

@@ -8,12 +8,15 @@ registers bcd's modules so that any mmrazor/mmseg config can name them:
   ``HierarchicalFusion`` and ``SegDataSampleLabels`` (connectors);
 - mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
   ``DistillScalarsHook``, ``TrainLogHook``, ``GradNormHook`` (each loss term's gradient
-  norm on the student backbone), ``RNGStateHook``, ``TrainingSeedHook``; mmengine ``LOOPS``:
+  norm on the student backbone), ``ProgressHook`` (progress lines), ``RNGStateHook``,
+  ``TrainingSeedHook``; mmengine ``LOOPS``:
   ``ResumableIterBasedTrainLoop`` (exact resume, :mod:`bcd.mm.resume`); for multi-process
   runs (:mod:`bcd.mm.distributed`) ``SyncNormBuffersHook`` and the model wrapper
   ``BCDDistributedDataParallel``;
+- mmengine ``OPTIM_WRAPPERS``: ``AutocastOptimWrapper`` (bf16 autocast, :mod:`bcd.mm.amp`);
 - mmseg ``DATASETS``: ``BCDShapesDataset``; mmseg ``METRICS``: ``PerClassIoUMetric``;
-- mmseg ``MODELS``: ``ResNetV1c38``, ``EfficientNetB1``, ``ESPNetC``, ``ESPNetHead`` (:mod:`bcd.mm.models`).
+- mmseg ``MODELS``: ``ResNetV1c38``, ``EfficientNetB1``, ``EfficientNetLite``, ``ESPNetC``,
+  ``ESPNetHead``, ``WeightedCrossEntropyLoss`` (:mod:`bcd.mm.models`).
 
 In a user's own config: ``custom_imports = dict(imports=['bcd.mm'], allow_failed_imports=False)``.
 """
@@ -34,3 +37,4 @@ from . import datasets  # noqa: E402,F401
 from . import models  # noqa: E402,F401  (ResNetV1c38, EfficientNetB1, ESPNetC, ESPNetHead)
 from . import distributed  # noqa: E402,F401  (DDP wrapper, SyncNormBuffersHook)
 from . import distill  # noqa: E402,F401  (PairedTeacherDistill, TrainingSeedHook)
+from . import amp  # noqa: E402,F401  (AutocastOptimWrapper: train.<role>.amp)

@@ -12,7 +12,9 @@ from typing import Any, Callable, Mapping
 
 from mmengine.config import Config
 
+from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
 from bcd.mm import distributed
+from bcd.mm.amp import optim_wrapper
 
 FUSED_CHANNELS = 256  # Sec. IV-A: the concatenated features have 256 channels
 
@@ -27,7 +29,6 @@ FUSED_CHANNELS = 256  # Sec. IV-A: the concatenated features have 256 channels
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 _RESNET_EXPANSION = {18: 1, 34: 1, 38: 4, 50: 4, 101: 4, 152: 4}
 ARCHS = ("pspnet", "deeplabv3plus", "segformer", "espnet")  # buildable here
-BACKBONE_ARCHS = ("pspnet", "deeplabv3plus")  # heads that take a `backbone`
 
 
 def _divisible(value: float, multiple: int = 8) -> int:
@@ -143,8 +144,6 @@ class Taps:
 def check_spec(spec: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` for a spec this module cannot build (bcd.params checks params files
     earlier, with the file and key named; this guards direct callers)."""
-    from bcd.params import UNAVAILABLE_ARCHS
-
     arch = spec.get("arch")
     if arch in UNAVAILABLE_ARCHS:
         raise ValueError(UNAVAILABLE_ARCHS[arch])
@@ -658,9 +657,7 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         train_cfg=dict(type="ResumableIterBasedTrainLoop", max_iters=iters,
                        val_interval=val_interval),
         val_cfg=dict(type="ValLoop"),
-        optim_wrapper=dict(type="OptimWrapper",
-                           optimizer=dict(type="SGD", lr=train["lr"], momentum=train["momentum"],
-                                          weight_decay=train["weight_decay"])),
+        optim_wrapper=optim_wrapper(train),  # bcd.mm.amp: train.<role>.amp
         param_scheduler=[dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=iters,
                               by_epoch=False)],
         default_hooks=dict(

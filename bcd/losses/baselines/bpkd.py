@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .._kl import tempered_kl
 from ._common import align_pair, check_int, check_maps, check_positive, labels_at
+from ..precision import float32_math
 
 
 def edge_body_masks(labels: Tensor, kernel_size: int, compute_iters: int,
@@ -96,6 +97,7 @@ class BPKDLoss(nn.Module):
                 f"edge_weight={self.edge_weight}, body_weight={self.body_weight}, "
                 f"loss_weight={self.loss_weight}")
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor, gt_labels: Tensor) -> Tensor:
         """Weighted edge plus body terms; see the class doc."""
         check_maps("BPKDLoss", preds_S, preds_T, same_channels=True)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from .._kl import tempered_kl
 from ._common import (align_pair, check_channels, check_int, check_maps, check_positive, conv, conv1x1,
                       labels_at, low_memory)
+from ..precision import float32_math
 
 _PROJECTORS = ("mlp", "conv1x1", "identity")
 
@@ -133,6 +134,7 @@ class CrossImageRelationLoss(nn.Module):
         return sum(low_memory(self._row_kl_sum, s_v[c:c + step], t_v[c:c + step], keys, keys)
                    for c in range(0, s_v.shape[0], step)) / s_v.shape[0]
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor, gt_labels: Tensor) -> Tensor:
         """Weighted sum of the three relation KD terms; see the class doc."""
         name = "CrossImageRelationLoss"

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import align_pair, check_maps, labels_at
+from ..precision import float32_math
 
 
 def intra_class_similarity(feat: Tensor, labels: Tensor, valid: Tensor, eps: float = 1e-6) -> Tensor:
@@ -65,6 +66,7 @@ class IFVDLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"loss_weight={self.loss_weight}, ignore_index={self.ignore_index}"
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor, gt_labels: Tensor) -> Tensor:
         """Weighted MSE of the IFV maps over the labelled pixels; see the class doc."""
         check_maps("IFVDLoss", preds_S, preds_T)

@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 from .._kl import tempered_kl
 from ._common import align_pair, check_maps, check_positive
+from ..precision import float32_math
 
 
 class PixelKDLoss(nn.Module):
@@ -36,6 +37,7 @@ class PixelKDLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"tau={self.tau}, loss_weight={self.loss_weight}"
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Weighted mean per-pixel KL; see the class doc."""
         check_maps("PixelKDLoss", preds_S, preds_T, same_channels=True)

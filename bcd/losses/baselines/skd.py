@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import align_pair, check_int, check_maps, check_positive, low_memory
+from ..precision import float32_math
 
 
 def node_similarity(feat: Tensor) -> Tensor:
@@ -77,6 +78,7 @@ class PairwiseSimilarityLoss(nn.Module):
             return self.pool_size
         return max(1, int(h * self.scale)), max(1, int(w * self.scale))
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Weighted mean squared difference of the node similarity matrices; see the class doc."""
         check_maps("PairwiseSimilarityLoss", preds_S, preds_T)

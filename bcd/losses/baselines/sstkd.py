@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import align_pair, check_channels, check_int, check_maps, conv
+from ..precision import float32_math
 
 
 def laplacian_pyramid(feat: Tensor, levels: int) -> Tensor:
@@ -103,6 +104,7 @@ class SSTKDLoss(nn.Module):
         return (f"levels={self.levels}, bins={self.bins}, structural_weight={self.structural_weight}, "
                 f"statistical_weight={self.statistical_weight}, loss_weight={self.loss_weight}")
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Weighted structural plus statistical texture terms; see the class doc."""
         check_maps("SSTKDLoss", preds_S, preds_T)

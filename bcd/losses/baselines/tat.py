@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import align_pair, check_channels, check_int, check_maps, conv, conv1x1, low_memory
+from ..precision import float32_math
 
 
 def target_aware_error(query: Tensor, value: Tensor, target: Tensor,
@@ -104,6 +105,7 @@ class TATLoss(nn.Module):
         windows = [_windows(x, p) for x in (q, v, t_pad, valid)]
         return target_aware_error(*windows[:3], windows[3][:, 0]) / t.numel()
 
+    @float32_math
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Weighted TaT loss (plus the anchor term); see the class doc."""
         check_maps("TATLoss", preds_S, preds_T)

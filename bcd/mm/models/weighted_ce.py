@@ -9,7 +9,6 @@ and the distillation terms' weights keep their meaning.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from mmseg.models.losses import CrossEntropyLoss
 from mmseg.registry import MODELS

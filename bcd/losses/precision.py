@@ -1,0 +1,33 @@
+"""Float32 math for the distillation losses under mixed precision.
+
+With autocast (``train.<role>.amp: bf16 | fp16``) the networks hand the losses bfloat16 or
+float16 maps. The relation, affinity and KL math of BCD and of the relation baselines (Gram
+matrices over hw x hw pixel pairs, softmaxes at temperature tau, sums over many terms) would
+overflow in float16 and lose the small differences the KL measures in either. Each loss's
+``forward`` is decorated with :func:`float32_math`: autocast is off inside and every floating
+input is cast to float32, so the loss's value and gradient are those of float32 math on the
+(rounded) inputs; the gradient flows back to the low-precision maps through the cast.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def _float32(x):
+    return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def float32_math(forward):
+    """Decorate a loss's ``forward(self, *tensors, ...)`` to compute in float32, autocast off."""
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        args = tuple(_float32(a) for a in args)
+        kwargs = {k: _float32(v) for k, v in kwargs.items()}
+        device = next((a.device.type for a in (*args, *kwargs.values())
+                       if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return forward(self, *args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,87 @@
+"""What every stage process needs before and around its work: the thread count, the prepared
+dataset and teacher it reads.
+
+Used by the train, evaluate and figures stages; imports nothing above :mod:`bcd.params`
+(besides :mod:`bcd.data` and :mod:`bcd.mm.configs` for the dataset and teacher checks). The
+weights I/O lives in :mod:`bcd.weights`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from bcd import params as P
+from bcd.weights import check_state_dict, load_weights
+
+THREADS_ENV = "BCD_THREADS"
+
+
+def setup_threads(cfg=None, kind: str | None = None) -> int:
+    """Set torch's intra-op threads for a job of ``kind`` and return the number.
+
+    The params fix it (``resources.<kind>.threads``), so the plain command, Snakemake and DVC
+    compute with the same number and give the same numbers (reductions are summed in a
+    thread-count-dependent order). ``BCD_THREADS`` overrides it; the number used is recorded
+    in the run's provenance and resume fingerprint. Without params (a bare call): the
+    environment's ``BCD_THREADS`` / ``OMP_NUM_THREADS`` or torch's default.
+    """
+    n = os.environ.get(THREADS_ENV)
+    if not n and cfg is not None and kind is not None:
+        n = P.rule_threads(cfg, kind)
+    n = n or os.environ.get("OMP_NUM_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
+def require_dataset(cfg, dataset: str | None = None) -> Path:
+    """The prepared dataset folder of the top-level ``data`` (None) or ``datasets.<dataset>``, or
+    a clear error saying how to make it. The paper's datasets stay at ``root``, checked as the
+    data stage checks them (:mod:`bcd.data.paper`)."""
+    from bcd.data import paper
+
+    root, data = P.data_dir(cfg, dataset), P.data_section(cfg, dataset)
+    make = (f"run `python -m bcd data --params {' --params '.join(map(str, P.files_of(cfg)))}"
+            f"{'' if dataset is None else f' --dataset {dataset}'}` first")
+    if data["dataset"] in paper.DATASETS:
+        paper.check_dataset(data["dataset"], data["root"])
+        return Path(data["root"])
+    if data["dataset"] == "shapes":
+        from bcd.data.synthetic import check_dataset
+        from bcd.mm.configs import eval_split
+
+        split = eval_split(data)
+        if check_dataset(root)["counts"][split] == 0:  # a folder from before the test split
+            raise FileNotFoundError(f"dataset {root} holds no {split} split, which the tables "
+                                    f"report (shapes.eval_split); rebuild it: {make}")
+    elif data["dataset"] == "camvid":
+        from bcd.data import camvid
+        try:
+            camvid.check_dataset(root)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; {make}") from None
+    elif not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} is missing; {make}")
+    return root
+
+
+def require_teacher(cfg, teacher: str) -> Path:
+    path = P.teacher_paths(cfg, teacher)["model"]
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"teacher checkpoint {path} is missing; train it with `python -m bcd teacher --params "
+            f"{' '.join(map(str, P.files_of(cfg)))} --teacher {teacher}` (or `snakemake {path}`)")
+    return Path(path)
+
+
+def check_teacher(teacher_spec, data, ckpt: Path) -> None:
+    """Refuse a teacher checkpoint that does not fit the teacher architecture, before training."""
+    from mmseg.registry import MODELS
+
+    from bcd.mm import configs
+
+    model = MODELS.build(configs.segmentor(teacher_spec, configs.num_classes(data),
+                                           configs.crop_size(data)))
+    check_state_dict(model, load_weights(ckpt), ckpt)

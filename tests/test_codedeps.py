@@ -1,0 +1,37 @@
+"""Stage code dependencies from the import graph (bcd.codedeps); the check against what jobs
+really load is in tests/test_end_to_end.py."""
+from bcd import codedeps as C
+from bcd import params as P
+
+
+def test_no_import_cycle_among_bcd_modules_counting_imports_inside_functions():
+    assert C.import_cycles() == []
+
+
+def test_imports_inside_functions_count():
+    assert "bcd.evaluate" in C.imports_of("bcd.train")          # inside train_student
+    assert "bcd.mm.configs" in C.imports_of("bcd.runtime")      # inside require_dataset
+    assert "bcd.mm" in C.imports_of("bcd.mm.configs")           # the package runs first
+
+
+def test_every_stage_depends_on_the_params_module_and_its_own_command():
+    for kind, mods in C.STAGE_MODULES.items():
+        files = P.code_files(str(C.ROOT / f) for f in C.stage_code(kind))
+        for need in ("bcd/params.py", "bcd/cli.py", "bcd/__main__.py", "bcd/codedeps.py",
+                     *(C.module_path(m).relative_to(C.ROOT).as_posix() for m in mods)):
+            assert str(C.ROOT / need) in files, (kind, need)
+
+
+def test_the_table_stage_does_not_depend_on_training_code():
+    files = C.stage_files("table")
+    assert "bcd/tables.py" in files and C.DATA_FILES["bcd.reference"][0] in files
+    assert not any(f.startswith(("bcd/mm/", "bcd/losses/")) or f == "bcd/train.py"
+                   for f in files)
+
+
+def test_complete_folders_are_written_as_folders():
+    train = C.stage_code("train")
+    assert "bcd/losses" in train and "bcd/mm" in train
+    assert not any(f.startswith("bcd/mm/") for f in train)      # not the folder and its files
+    assert set(P.code_files(str(C.ROOT / f) for f in train)) == {
+        str(C.ROOT / f) for f in C.stage_files("train")}

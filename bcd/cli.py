@@ -127,13 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def cmd(name, func, help_):
-        p = sub.add_parser(name, help=help_)
+    def cmd(name, func, help_, checkpoints=False):
+        p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--params", action="append", required=True, metavar="FILE",
                        help="params file(s), merged in order")
-        p.add_argument("--trust-checkpoints", action="store_true",
-                       help="load checkpoints that need full unpickling (arbitrary code!): only "
-                            "for files you trust; default: weights only")
+        if checkpoints:  # only the commands that load weights from files
+            p.add_argument("--trust-checkpoints", action="store_true",
+                           help="load checkpoints that need full unpickling (arbitrary code!): "
+                                "only for files you trust; default: weights only")
         p.set_defaults(func=func)
         return p
 
@@ -142,37 +143,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("class-weights", _class_weights,
             "print median-frequency class weights of a prepared split (a model's class_weight)")
     p.add_argument("--dataset", help="a key of the params' `datasets` (default: `data`)")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="the split whose labels are counted (default train)")
     p.add_argument("--power", type=float, default=1.0,
                    help="weights ** power (0.5: their square root; default 1)")
-    p = cmd("teacher", _teacher, "train a teacher")
-    p.add_argument("--teacher", required=True)
+    p = cmd("teacher", _teacher, "train one teacher on its dataset, then evaluate it",
+            checkpoints=True)
+    p.add_argument("--teacher", required=True, help="a key of the params' `teachers`")
     _add_launcher(p)
     _add_quiet(p)
-    p = cmd("train", _train, "train a student run for one seed")
-    p.add_argument("--run", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p = cmd("train", _train, "train a student run for one seed", checkpoints=True)
+    p.add_argument("--run", required=True, help="a key of the params' `runs`")
+    p.add_argument("--seed", type=int, required=True, help="the seed (one of the params' `seeds`)")
     _add_launcher(p)
     _add_quiet(p)
-    p = cmd("evaluate", _evaluate, "evaluate a trained run or teacher -> metrics.json")
-    p.add_argument("--run")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--teacher")
+    p = cmd("evaluate", _evaluate, "evaluate a trained run or teacher -> metrics.json",
+            checkpoints=True)
+    p.add_argument("--run", help="a student run (a key of `runs`; with --seed)")
+    p.add_argument("--seed", type=int, help="the run's seed")
+    p.add_argument("--teacher", help="a teacher (a key of `teachers`) instead of a run")
     p.add_argument("--recompute", action="store_true",
                    help="evaluate from scratch even when training's own evaluation of the same "
                         "weights, settings and code is in the work dir")
-    cmd("table", _table, "build a results table (CSV + LaTeX)").add_argument("--table",
-                                                                               required=True)
+    cmd("table", _table, "build a results table (CSV + LaTeX)").add_argument(
+        "--table", required=True, help="a key of the params' `tables`")
     p = cmd("summary", _summary,
             "a table's rows on one split with per-class IoUs and paired intervals (val: the "
             "last validation of each run, for choosing settings; test: the evaluated metrics)")
-    p.add_argument("--table", required=True)
-    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--table", required=True, help="a key of the params' `tables`")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="val (default): the last validation of each run; test: its metrics.json")
     cmd("figures", _figures, "draw the figures (qualitative grid, boundary maps, training curves, "
-                             "ablation chart) and export the training curves for dvc plots")
+                             "ablation chart) and export the training curves for dvc plots",
+        checkpoints=True)
     cmd("check-params", lambda a: P.main_check(a), "validate params and print a summary")
     cmd("dvc-yaml", _dvc_yaml, "write dvc.yaml from the params").add_argument(
-        "--out", default="dvc.yaml")
+        "--out", default="dvc.yaml", help="where to write it (default dvc.yaml)")
     return parser
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from bcd import params as P
-from bcd.weights import check_state_dict, load_weights
+from bcd.weights import check_state_dict, is_complete, load_weights
 
 THREADS_ENV = "BCD_THREADS"
 
@@ -72,7 +72,12 @@ def require_teacher(cfg, teacher: str) -> Path:
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"teacher checkpoint {path} is missing; train it with `python -m bcd teacher --params "
-            f"{' '.join(map(str, P.files_of(cfg)))} --teacher {teacher}` (or `snakemake {path}`)")
+            f"{' '.join(map(str, P.files_of(cfg)))} --teacher {teacher}` (or "
+            f"{P.remake_command(cfg, P.stage_name('teacher', teacher), path)})")
+    if not is_complete(path):
+        raise ValueError(
+            f"teacher checkpoint {path} is truncated or corrupt (not a whole torch file); "
+            f"rebuild it with {P.remake_command(cfg, P.stage_name('teacher', teacher), path)}")
     return Path(path)
 
 

@@ -27,8 +27,8 @@ from bcd.atomic import atomic_write, write_json_atomic
 from bcd.runtime import (THREADS_ENV, check_teacher, require_dataset, require_teacher,
                          setup_threads)
 # the weights I/O, for callers of this module (bcd.weights is its home)
-from bcd.weights import (TRUST_ENV, check_state_dict, load_meta, load_weights,  # noqa: F401
-                         save_weights)
+from bcd.weights import (TRUST_ENV, check_state_dict, is_complete, load_meta,  # noqa: F401
+                         load_weights, save_weights)
 
 log = logging.getLogger("bcd")
 
@@ -120,23 +120,11 @@ def _checkpoints(work: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.stem[5:]))
 
 
-def _complete(path: Path) -> bool:
-    """True when ``path`` is a whole torch checkpoint (a zip archive whose central directory,
-    written last, is there; a truncated or overwritten file fails)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return bool(z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
 def _newest_complete(work: Path) -> Path | None:
     """The newest complete checkpoint in ``work``; newer broken ones are renamed to
     ``<name>.corrupt`` (kept for inspection, never resumed) with a warning."""
     for ckpt in reversed(_checkpoints(work)):
-        if _complete(ckpt):
+        if is_complete(ckpt):
             return ckpt
         aside = ckpt.with_name(ckpt.name + ".corrupt")
         ckpt.replace(aside)

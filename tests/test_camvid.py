@@ -56,6 +56,20 @@ def test_a_folder_source_takes_no_sha256(tmp_path):
         camvid.prepare(src, tmp_path / "out", sha256="0" * 64)
 
 
+def test_the_data_stage_repairs_a_damaged_file(tmp_path, capsys):
+    """A label replaced by garbage after preparing: the next data stage finds it (every file is
+    decoded) and prepares the folder again, instead of saying the dataset is ready."""
+    src = make_camvid(tmp_path / "src")
+    out = camvid.prepare(src, tmp_path / "out")
+    label = out / "labels/train/train_000.png"
+    good = label.read_bytes()
+    label.write_bytes(b"not a png")
+    camvid.prepare(src, out)
+    assert "is damaged" in capsys.readouterr().err
+    assert label.read_bytes() == good
+    camvid.check_prepared(out)
+
+
 # ---- archives by URL --------------------------------------------------------------------------
 @pytest.fixture
 def server(tmp_path):

@@ -115,3 +115,23 @@ def test_another_thread_count_is_refused_with_the_way_to_resume(tmp_path):
     with pytest.raises(ValueError, match="threads 1 then, 2 now.*BCD_THREADS=1"):
         prepare_work_dir(work, dict(FP, threads=2))
     assert (work / "iter_6.pth").is_file() and not (work.parent / "work.stale").exists()
+
+
+def test_a_truncated_teacher_checkpoint_is_named_with_the_command_that_rebuilds_it(
+        tmp_path, monkeypatch):
+    from bcd import params as P
+    from bcd.runtime import require_teacher
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("paths: {runs: runs/trunc}\n")
+    cfg = P.load_params([root / "params/default.yaml", overlay])
+    path = P.teacher_paths(cfg, "pspnet-r101")["model"]
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(64)}}, path)
+    assert require_teacher(cfg, "pspnet-r101") == path
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupt.*snakemake --cores 1 --force "
+                                         f"--configfile {overlay} -- {path}"):
+        require_teacher(cfg, "pspnet-r101")

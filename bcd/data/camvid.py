@@ -242,10 +242,14 @@ def _already_prepared(dest: Path, origin: str, sha256: str | None) -> bool:
             return False
         if sha256 is not None and info.get("sha256") != sha256.lower():
             return False
-        check_prepared(dest, deep=False)
-        return True
-    except (ValueError, FileNotFoundError):
+    except ValueError:
         return False
+    try:  # every file decoded: the data stage repairs what it finds broken
+        check_prepared(dest, deep=True)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{dest} is damaged ({err}); preparing it again from {origin}", file=sys.stderr)
+        return False
+    return True
 
 
 def prepare(source: str | os.PathLike, dest: str | os.PathLike,

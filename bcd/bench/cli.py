@@ -4,6 +4,7 @@
     python -m bcd.bench context --sizes 64 --json results/bench/context.json
     python -m bcd.bench step                         # one BCD training step vs one logit-KD step
     python -m bcd.bench grads --run r18-bcd          # each loss term's gradient norm at iteration 1
+    python -m bcd.bench device --json out.json       # the GPU check (CPU-able parts on a CPU)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from bcd.bench import context, grads, step
+    from bcd.bench import context, device, grads, step
 
     ctx = sub.add_parser("context", help="context distillation: materialised vs blockwise",
                          description=context.__doc__,
@@ -35,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     grads.add_arguments(grd)
     grd.set_defaults(func=grads.main)
+
+    dev = sub.add_parser("device", help="the GPU check: context loss, paper-width step in "
+                                        "fp32/bf16/fp16, one-GPU torchrun with SyncBN",
+                         description=device.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    device.add_arguments(dev)
+    dev.set_defaults(func=device.main)
     return parser
 
 

@@ -59,8 +59,9 @@ def _loss_module(spec: dict, block_size: int):
 def _inputs(torch, spec: dict):
     gen = torch.Generator().manual_seed(int(spec["seed"]))
     shape = (spec["batch"], spec["channels"], spec["height"], spec["width"])
-    preds_s = torch.randn(shape, generator=gen).to(spec["device"]).requires_grad_(True)
-    preds_t = torch.randn(shape, generator=gen).to(spec["device"])
+    dtype = getattr(torch, spec.get("dtype", "float32"))  # the loss computes in float32 inside
+    preds_s = torch.randn(shape, generator=gen).to(spec["device"], dtype).requires_grad_(True)
+    preds_t = torch.randn(shape, generator=gen).to(spec["device"], dtype)
     return preds_s, preds_t
 
 
@@ -183,6 +184,7 @@ def run(args) -> dict:
         "threads": args.threads or torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "batch": args.batch, "channels": args.channels, "temperature": args.temperature,
+        "dtype": args.dtype,
         "repeats": args.repeats, "warmup": args.warmup,
         "memory": "cuda max_memory_allocated" if device.startswith("cuda")
         else "ru_maxrss growth in a fresh subprocess",
@@ -190,7 +192,7 @@ def run(args) -> dict:
     if device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     print(f"context distillation, forward + backward: batch {args.batch}, {args.channels} "
-          f"channels, device {device}, {meta['threads']} threads, temperature {args.temperature}, "
+          f"channels, {args.dtype} inputs, device {device}, {meta['threads']} threads, temperature {args.temperature}, "
           f"time = median of {args.repeats} after {args.warmup} warm-up")
     header = (f"{'size':>7} {'HW':>5} {'method':>14} {'peak MiB':>10} {'time s':>8} "
               f"{'mem ratio':>9} {'time ratio':>10} {'value rel':>9} {'grad abs':>9} "
@@ -202,7 +204,7 @@ def run(args) -> dict:
         for height, width in args.sizes:
             base = {"batch": args.batch, "channels": args.channels, "height": height,
                     "width": width, "device": device, "threads": args.threads,
-                    "temperature": args.temperature, "seed": args.seed}
+                    "temperature": args.temperature, "seed": args.seed, "dtype": args.dtype}
             mem = {}
             for method in methods:  # one fresh process each; the last one also times them all
                 out = str(Path(tmp) / f"{height}x{width}-{method}.pt")
@@ -272,6 +274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'fixed': tau = 1; 'stat': the adaptive temperature's statistic is "
                              "computed at every call as in training (threshold set to infinity "
                              "so that tau, and hence the work, stays the same). Default fixed")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="dtype of the feature maps handed to the loss, as under autocast "
+                             "(the loss computes in float32 inside; default float32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: torch's default)")

@@ -86,15 +86,28 @@ def random_teacher(teacher_spec, num_classes: int, crop_size, path: Path, seed: 
     return path
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def _build(args, tmp: Path) -> tuple[dict, dict]:
     """The algorithms ``{method: algo}`` and a description of the setting."""
     import torch
-    from mmengine.optim import OptimWrapper
+    from mmengine.registry import OPTIM_WRAPPERS
     from mmrazor.registry import MODELS as RAZOR_MODELS
 
     import bcd.mm  # noqa: F401  (compat patches, registration)
     from bcd import params as P
     from bcd.mm import configs
+    from bcd.mm.amp import optim_wrapper
+
+    device = _device(args.device)
+    if "fp16" in args.amp and not device.startswith("cuda"):
+        raise SystemExit("bcd.bench step: --amp fp16 needs a GPU (--device cuda)")
 
     cfg = P.load_params(args.params)
     spec = P.resolve_run(cfg, args.run)
@@ -134,22 +147,26 @@ def _build(args, tmp: Path) -> tuple[dict, dict]:
             log_file=str(tmp / "log.json")).model.to_dict()
         if method == "kd" and not kd_from_params:  # same model, the distiller swapped
             model_cfg["distiller"] = _kd_distiller(args.kd_tau, args.kd_weight)
-        algo = RAZOR_MODELS.build(model_cfg)
-        if student_state is None:
-            student_state = copy.deepcopy(algo.student.state_dict())
-        else:  # the same initial student everywhere
-            algo.student.load_state_dict(student_state)
-        algo.train()
-        params = [p for p in algo.parameters() if p.requires_grad]
-        optim = OptimWrapper(torch.optim.SGD(params, lr=spec["train"]["lr"],
-                                             momentum=spec["train"]["momentum"],
-                                             weight_decay=spec["train"]["weight_decay"]))
-        algos[method] = (algo, optim)
+        for amp in args.amp:  # an algorithm per precision, all from the same initial student
+            algo = RAZOR_MODELS.build(model_cfg)
+            if student_state is None:
+                student_state = copy.deepcopy(algo.student.state_dict())
+            else:
+                algo.student.load_state_dict(student_state)
+            algo.to(device).train()  # PairedTeacherDistill keeps the teacher in eval mode
+            train = dict(spec["train"], amp=amp)
+            wrapper = optim_wrapper(train)
+            wrapper.pop("optimizer")
+            params = [p for p in algo.parameters() if p.requires_grad]
+            optim = OPTIM_WRAPPERS.build(dict(wrapper, optimizer=torch.optim.SGD(
+                params, lr=train["lr"], momentum=train["momentum"],
+                weight_decay=train["weight_decay"])))
+            algos[method if len(args.amp) == 1 else f"{method}@{amp}"] = (algo, optim)
     setting = {"run": args.run, "teacher": spec["teacher"]["model_name"],
                "student": spec["student"]["model_name"], "terms": sorted(bcd_methods),
                "num_classes": nc, "base_channels": [teacher_spec.get("base_channels"),
                                                     student_spec.get("base_channels")],
-               "kd": kd_label}
+               "kd": kd_label, "device": device, "amp": list(args.amp)}
     return algos, setting
 
 
@@ -288,18 +305,27 @@ def run(args) -> dict:
               f"{args.repeats} after {args.warmup} warm-up, methods alternating", flush=True)
         times = {m: [] for m in algos}
         cpu_times = {m: [] for m in algos}
+        peak_mb = {m: None for m in algos}
+        cuda = setting["device"].startswith("cuda")
         for round_ in range(args.warmup + args.repeats):
             if round_ == args.warmup:
                 passes = dict.fromkeys(passes, 0)
             for method, (algo, optim) in algos.items():
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
                 t0, c0 = time.perf_counter(), time.process_time()
                 _train_step(algo, optim, batch)
+                if cuda:
+                    torch.cuda.synchronize()
+                    peak_mb[method] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
                 if round_ >= args.warmup:
                     times[method].append(time.perf_counter() - t0)
                     cpu_times[method].append(time.process_time() - c0)
         medians = {m: statistics.median(t) for m, t in times.items()}
         cpu_medians = {m: statistics.median(t) for m, t in cpu_times.items()}
-        ref, cpu_ref = medians.get("kd"), cpu_medians.get("kd")
+        first_kd = next((m for m in medians if m.split("@")[0] == "kd"), None)
+        ref, cpu_ref = medians.get(first_kd), cpu_medians.get(first_kd)
         header = (f"{'method':>8} {'median s':>9} {'min s':>7} {'max s':>7} {'/ kd':>6} "
                   f"{'cpu s':>7} {'cpu / kd':>8}  notes")
         print(header)
@@ -322,7 +348,7 @@ def run(args) -> dict:
             rows.append({"method": method, "median_s": medians[method], "times_s": ts,
                          "ratio_to_kd": ratio, "cpu_median_s": cpu_medians[method],
                          "cpu_times_s": cpu_times[method], "cpu_ratio_to_kd": cpu_ratio,
-                         "taus": _taus(algo),
+                         "taus": _taus(algo), "peak_cuda_mb": peak_mb[method],
                          "repeated_cd_passes": passes[method] if _cd_losses(algo) else None})
         print("median s: wall clock; cpu s: CPU time of this process (all its threads), less "
               "sensitive to other load on the machine.")
@@ -332,7 +358,7 @@ def run(args) -> dict:
             if target:
                 profile_text = _profile(*algos[target], batch, args.profile)
                 print(f"\nprofile of one '{target}' step:\n{profile_text}")
-    result = {"meta": dict(setting, batch=args.batch, size=args.size,
+    result = {"meta": dict(setting, batch=args.batch, size=args.size, kd_reference=first_kd,
                            threads=torch.get_num_threads(), torch=torch.__version__,
                            temperature=args.temperature, repeats=args.repeats,
                            warmup=args.warmup, params=args.params),
@@ -368,6 +394,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kd-weight", type=float, default=1.0,
                         help="loss weight of the mmrazor KD (default 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--amp", nargs="+", choices=("none", "bf16", "fp16"), default=["none"],
+                        help="mixed precision of the step (bcd.mm.amp); several are timed side "
+                             "by side as METHOD@AMP (fp16 needs a GPU). Default none")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and batch")
     parser.add_argument("--profile", type=int, nargs="?", const=15, default=0, metavar="TOP",
                         help="also profile one BCD step: the TOP ops (default 15) and the time "

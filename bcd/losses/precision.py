@@ -4,8 +4,8 @@ With autocast (``train.<role>.amp: bf16 | fp16``) the networks hand the losses b
 float16 maps. The relation, affinity and KL math of BCD and of the relation baselines (Gram
 matrices over hw x hw pixel pairs, softmaxes at temperature tau, sums over many terms) would
 overflow in float16 and lose the small differences the KL measures in either. Each loss's
-``forward`` is decorated with :func:`float32_math`: autocast is off inside and every floating
-input is cast to float32, so the loss's value and gradient are those of float32 math on the
+``forward`` is decorated with :func:`float32_math`: autocast is off inside and every float16 /
+bfloat16 input is cast to float32 (float64 stays float64), so the loss's value and gradient are those of float32 math on the
 (rounded) inputs; the gradient flows back to the low-precision maps through the cast.
 """
 from __future__ import annotations
@@ -15,8 +15,12 @@ import functools
 import torch
 
 
+_LOW = (torch.float16, torch.bfloat16)
+
+
 def _float32(x):
-    return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+    """Half-precision tensors to float32; float32 and float64 (gradchecks) as they are."""
+    return x.float() if isinstance(x, torch.Tensor) and x.dtype in _LOW else x
 
 
 def float32_math(forward):

@@ -43,3 +43,60 @@ def test_the_lock_of_a_running_snakemake_is_kept(tmp_path):
         alive.wait()
     assert proc.returncode == 0 and f"pid {alive.pid}" in proc.stderr
     assert len(list(locks.iterdir())) == 2
+
+
+# ---- Snakemake and DVC never run at once on one checkout (bcd.toollock) -----------------------
+def _project(tmp_path) -> Path:
+    for name in ("Snakefile", "workflow", "bcd", "params", "dvc.yaml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, tmp_path / name)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path,
+                   check=True, timeout=120)
+    return tmp_path
+
+
+def test_snakemake_refuses_to_start_while_dvc_runs(tmp_path):
+    pytest.importorskip("dvc")
+    import zc.lockfile
+
+    root = _project(tmp_path)
+    (root / ".dvc/tmp").mkdir(exist_ok=True)
+    held = zc.lockfile.LockFile(str(root / ".dvc/tmp/lock"))   # what `dvc repro` holds
+    try:
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "data/micro",
+                               "--configfile", "params/micro.yaml"], cwd=root,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        held.close()
+    assert proc.returncode != 0
+    assert "DVC is running on this checkout" in proc.stderr + proc.stdout
+    assert not (root / "data/micro").exists()
+
+
+def test_dvc_refuses_to_start_while_snakemake_runs(tmp_path):
+    pytest.importorskip("dvc")
+    import time
+
+    root = _project(tmp_path)
+    smk = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1",
+                            "runs/micro/teachers/pspnet-r101/model.pth",
+                            "--configfile", "params/micro.yaml"], cwd=root,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = root / ".dvc/tmp/lock"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and smk.poll() is None:
+            if lock.is_file() and "snakemake" in lock.read_text():
+                break
+            time.sleep(0.2)
+        assert smk.poll() is None, "snakemake ended before the check"
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "data"], cwd=root,
+                              capture_output=True, text=True, timeout=300)
+        assert smk.poll() is None, "snakemake ended during the check: inconclusive"
+    finally:
+        smk.kill()
+        smk.wait()
+    assert proc.returncode != 0 and "Unable to acquire lock" in proc.stderr + proc.stdout

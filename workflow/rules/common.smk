@@ -23,6 +23,22 @@ def params_files():
 
 
 CFG = P.validate_config(config, params_files())
+
+# One tool at a time: while this Snakemake runs it holds DVC's repository lock (bcd.toollock);
+# a Snakemake started while `dvc repro` runs stops here. Dry runs change nothing and skip it.
+try:
+    _DRY = bool(workflow.dryrun)
+except Exception:  # an API without it: take the lock (a dry run beside DVC is then refused)
+    _DRY = False
+if not _DRY:
+    from snakemake.exceptions import WorkflowError
+
+    from bcd import toollock
+
+    try:
+        toollock.hold_dvc_lock(".")
+    except toollock.ToolLockError as err:
+        raise WorkflowError(str(err)) from None
 PY = shlex.quote(sys.executable)  # the interpreter running Snakemake, i.e. the project's venv
 PARAMS = " ".join(f"--params {shlex.quote(f)}" for f in P.files_of(CFG))
 DATA = str(P.data_dir(CFG))

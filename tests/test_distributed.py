@@ -98,9 +98,9 @@ class RecordRankHook(Hook):
 _run = train._run
 
 
-def run(config):
+def run(config, *args, **kwargs):
     config.custom_hooks.append(dict(type="RecordRankHook"))
-    return _run(config)
+    return _run(config, *args, **kwargs)
 
 
 train._run = run

@@ -163,7 +163,7 @@ def test_write_table_csv_and_tex(cfg):
     df = pd.read_csv(paths["csv"])
     assert list(df.columns) == T.COLUMNS and len(df) == 6
     assert df["ours_miou_mean"].iloc[5] == pytest.approx(statistics.mean(OURS["r18-bcd"]))
-    assert df["ours_miou_per_seed"].iloc[1] == "60.0;61.0;62.5"
+    assert df["ours_miou_per_seed"].iloc[1] == "60;61;62.5"   # 6 significant digits, no noise
     tex = paths["tex"].read_text()
     for word in ("\\toprule", "\\midrule", "\\bottomrule", "\\caption{", "\\label{tab:table1}",
                  "Ours mIoU", "Paper mIoU", "Params (M)", "FLOPs (G)"):
@@ -316,13 +316,23 @@ def test_paired_boundary_iou(cfg):
     assert f"-0.83 [{-2.5 / 3 - half:+.2f}, {-2.5 / 3 + half:+.2f}] loss" in tex
 
 
+def test_csv_numbers_carry_no_float32_noise(cfg):
+    """mmseg's metrics are float32 rounded to 2 decimals: 12.15 arrives as 12.149999618530273;
+    the CSV writes 6 significant digits."""
+    import numpy as np
+
+    noisy = float(np.float32(12.15))
+    assert repr(noisy) != "12.15" and T.CSV_FLOAT % noisy == "12.15"
+    assert T.CSV_FLOAT % (noisy - float(np.float32(11.5))) == "0.65"
+
+
 def test_csv_and_latex_show_the_paired_columns(cfg):
     paths = T.write_table(cfg, "table1")
     df = pd.read_csv(paths["csv"])
     for col in ("paired_diff_mean", "paired_diff_ci_low", "paired_diff_ci_high",
                 "paired_diff_per_seed", "paired_n", "verdict", "paired_reference"):
         assert col in df.columns, col
-    assert df["paired_diff_per_seed"].iloc[2] == "1.0;1.0;0.5"
+    assert df["paired_diff_per_seed"].iloc[2] == "1;1;0.5"
     assert df["verdict"].iloc[3] == "n.s." and pd.isna(df["verdict"].iloc[1])
     tex = paths["tex"].read_text()
     _, mean, low, high = _expected_paired("r18-bd")

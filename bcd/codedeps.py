@@ -144,6 +144,7 @@ def stage_files(kind: str) -> tuple[str, ...]:
     return tuple(sorted(files))
 
 
+@lru_cache(maxsize=None)
 def stage_code(kind: str) -> tuple[str, ...]:
     """:func:`stage_files`, complete folders written as folders (dvc.yaml ``deps``)."""
     return compact(stage_files(kind))

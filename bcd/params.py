@@ -46,12 +46,16 @@ RESERVED_RUN_NAMES = ("teachers", "benchmarks", "logs")
 # Code each kind of stage depends on: files relative to the repository root, computed from the
 # import graph of the stage's command (bcd.codedeps), for dvc.yaml ``deps`` and the Snakefile's
 # inputs alike. A test runs the stages and checks that every bcd module they load is listed.
-DATA_CODE = stage_code("data")
-TEACHER_CODE = stage_code("teacher")
-TRAIN_CODE = stage_code("train")
-EVALUATE_CODE = stage_code("evaluate")
-TABLE_CODE = stage_code("table")
-FIGURES_CODE = stage_code("figures")
+# ``DATA_CODE`` ... ``FIGURES_CODE`` are computed on first use (module __getattr__): a stage
+# process that never asks does not parse the package.
+_CODE_KINDS = {"DATA_CODE": "data", "TEACHER_CODE": "teacher", "TRAIN_CODE": "train",
+               "EVALUATE_CODE": "evaluate", "TABLE_CODE": "table", "FIGURES_CODE": "figures"}
+
+
+def __getattr__(name: str):
+    if name in _CODE_KINDS:
+        return stage_code(_CODE_KINDS[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ParamsError(ValueError):
@@ -948,18 +952,18 @@ def stages(cfg) -> list[Stage]:
         crop = [f"{k}.{c}" for k in (["data"] if ds is None else [f"datasets.{ds}"])
                 for c in ("height", "width")]
         shapes = data_section(cfg, ds)["dataset"] == "shapes"  # the crop is the image size
-        out.append(Stage(stage_name("data", ds), command(cfg, "data", *args), DATA_CODE,
+        out.append(Stage(stage_name("data", ds), command(cfg, "data", *args), stage_code("data"),
                          (str(data_dir(cfg, ds)),),
                          params=tuple(k for k in data_keys(cfg, ds) if k not in crop or shapes)))
     for t in teachers_used(cfg):
         data = str(data_dir(cfg, dataset_of(cfg, teacher=t)))
         p = teacher_paths(cfg, t)
         out.append(Stage(stage_name("teacher", t), command(cfg, "teacher", "--teacher", t),
-                         (data, *TEACHER_CODE), (str(p["model"]), str(p["train_log"])),
+                         (data, *stage_code("teacher")), (str(p["model"]), str(p["train_log"])),
                          params=tuple(param_keys_for_teacher(cfg, t))))
         out.append(Stage(stage_name("evaluate-teacher", t),
                          command(cfg, "evaluate", "--teacher", t),
-                         (data, str(p["model"]), *EVALUATE_CODE), (), (str(p["metrics"]),),
+                         (data, str(p["model"]), *stage_code("evaluate")), (), (str(p["metrics"]),),
                          params=tuple(param_keys_for_evaluate(cfg, teacher=t))))
     for run in runs_used(cfg):
         spec = cfg["runs"][run]
@@ -970,23 +974,23 @@ def stages(cfg) -> list[Stage]:
             p = run_paths(cfg, run, seed)
             args = ("--run", run, "--seed", str(seed))
             out.append(Stage(stage_name("train", run, seed), command(cfg, "train", *args),
-                             (data, *teacher_model, *TRAIN_CODE),
+                             (data, *teacher_model, *stage_code("train")),
                              (str(p["model"]), str(p["train_log"]), str(p["distill_heads"])),
                              params=tuple(param_keys_for_run(cfg, run))))
             out.append(Stage(stage_name("evaluate", run, seed), command(cfg, "evaluate", *args),
-                             (data, str(p["model"]), *EVALUATE_CODE), (), (str(p["metrics"]),),
+                             (data, str(p["model"]), *stage_code("evaluate")), (), (str(p["metrics"]),),
                              params=tuple(param_keys_for_evaluate(cfg, run=run))))
     for name in cfg["tables"]:
         p = table_paths(cfg, name)
         out.append(Stage(stage_name("table", name), command(cfg, "table", "--table", name),
-                         (*TABLE_CODE, *map(str, table_metrics(cfg, name))),
+                         (*stage_code("table"), *map(str, table_metrics(cfg, name))),
                          (str(p["csv"]), str(p["tex"])),
                          params=tuple(param_keys_for_table(cfg, name)), cache=False))
     if figures_spec(cfg) is not None:
         ins = figures_inputs(cfg)
         deps = (ins["data"], *ins["weights"], *ins["metrics"], *ins["train_logs"], ins["table"])
         out.append(Stage(stage_name("figures"), command(cfg, "figures"),
-                         (*_unique(deps), *FIGURES_CODE), tuple(figures_outputs(cfg)),
+                         (*_unique(deps), *stage_code("figures")), tuple(figures_outputs(cfg)),
                          params=tuple(param_keys_for_figures(cfg)), cache=False))
     names = [s.name for s in out]
     clashes = sorted({n for n in names if names.count(n) > 1})

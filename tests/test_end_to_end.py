@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,29 +17,17 @@ import yaml
 
 pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
 
+from project_copy import copy_project  # noqa: E402  (tests/project_copy.py)
+from project_copy import run as _run  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 MICRO = ["--params", "params/default.yaml", "--params", "params/micro.yaml"]
 
 
-def _run(args, cwd, timeout=900, check=True, env=None):
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for name in ("Snakefile", "workflow", "bcd", "params"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, root / name)
+    root = copy_project(tmp_path_factory.mktemp("project"))
     # every job records the bcd modules it loaded (bcd/__main__.py), for the code-deps check
     env = {**os.environ, "BCD_RECORD_IMPORTS": str(root / "imports")}
     _run(SNAKEMAKE + ["--cores", "2", "--configfile", "params/micro.yaml"], cwd=root, env=env)

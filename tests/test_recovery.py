@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from project_copy import WORKFLOW, copy_project  # tests/project_copy.py
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools/unlock_stale.py"
 
@@ -47,12 +49,7 @@ def test_the_lock_of_a_running_snakemake_is_kept(tmp_path):
 
 # ---- Snakemake and DVC never run at once on one checkout (bcd.toollock) -----------------------
 def _project(tmp_path) -> Path:
-    for name in ("Snakefile", "workflow", "bcd", "params", "dvc.yaml"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, tmp_path / name)
+    copy_project(tmp_path, (*WORKFLOW, "dvc.yaml"))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path,
                    check=True, timeout=120)
     return tmp_path

@@ -118,3 +118,16 @@ def test_registry_names_for_user_configs():
         assert MODELS.get(name) is not None, name
     for name in ("DistillLossDecayHook", "NonFiniteLossHook"):
         assert HOOKS.get(name) is not None, name
+
+
+def test_distiller_builds_whatever_the_default_scope_left_by_an_earlier_runner():
+    """An mmseg Runner (a teacher training, an evaluation) leaves "mmseg" as mmengine's default
+    scope in the process; the distiller config names its own scope, so it still builds."""
+    from mmengine.registry import DefaultScope
+    from mmrazor.registry import MODELS
+
+    cfg = configs.distiller(BCD, STUDENT, TEACHER, seed=0, num_classes=NUM_CLASSES)
+    for scope in ("mmseg", "mmengine", "mmrazor"):
+        with DefaultScope.overwrite_default_scope(scope):
+            distiller = MODELS.build(cfg)
+        assert {"loss_bd", "loss_cd"} <= set(distiller.distill_losses)

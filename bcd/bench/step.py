@@ -35,7 +35,7 @@ def _kd_distiller(tau: float, loss_weight: float) -> dict:
     from bcd.mm import configs
 
     return dict(
-        type="ConfigurableDistiller",
+        _scope_="mmrazor", type="ConfigurableDistiller",
         student_recorders={"logits": dict(type="ModuleOutputs", source="decode_head.conv_seg")},
         teacher_recorders={"logits": dict(type="ModuleOutputs", source="decode_head.conv_seg")},
         distill_losses={"loss_kd": dict(type="KLDivergence", tau=tau, loss_weight=loss_weight)},

@@ -622,7 +622,10 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
         s_rec["gt"] = dict(type="MethodInputs",
                            source="mmseg.models.segmentors.EncoderDecoder.loss")
         connectors["gt_labels"] = dict(type="SegDataSampleLabels")
-    return dict(type="ConfigurableDistiller", student_recorders=s_rec, teacher_recorders=t_rec,
+    # _scope_: builds under mmrazor's registry whatever the caller's default scope (an mmseg
+    # Runner created earlier in the process leaves "mmseg" as the default)
+    return dict(_scope_="mmrazor", type="ConfigurableDistiller",
+                student_recorders=s_rec, teacher_recorders=t_rec,
                 connectors=connectors, distill_losses=losses, loss_forward_mappings=mappings)
 
 

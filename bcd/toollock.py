@@ -41,10 +41,24 @@ def hold_dvc_lock(root: str | os.PathLike = ".", tool: str = "snakemake") -> boo
     try:
         lock = zc.lockfile.LockFile(str(path), content_template="{pid} " + tool)
     except zc.lockfile.LockError:
-        raise ToolLockError(
-            f"DVC is running on this checkout ({path} is locked): {tool} and DVC write the same "
-            "files and must not run at the same time. Wait for DVC to finish (or stop it), "
-            "then run this again.") from None
+        raise ToolLockError(_refusal(path, tool)) from None
     _HELD.append(lock)
     os.environ[ENV] = f"{os.getpid()} {tool}"
     return True
+
+
+def _refusal(path: Path, tool: str) -> str:
+    """Why ``tool`` cannot start: the lock's holder as its file names it (``<pid> <tool>``;
+    DVC writes its pid alone)."""
+    try:
+        holder = path.read_text().split()
+    except OSError:
+        holder = []
+    pid = holder[0] if holder else "?"
+    if len(holder) > 1 and holder[1] == "snakemake":
+        return (f"another Snakemake (pid {pid}) is running jobs on this checkout ({path} is "
+                f"locked): wait for it to finish (or stop it), then run this again. A dry run "
+                f"(-n) works meanwhile.")
+    return (f"DVC is running on this checkout ({path} is locked by pid {pid}): {tool} and DVC "
+            "write the same files and must not run at the same time. Wait for DVC to finish "
+            "(or stop it), then run this again.")

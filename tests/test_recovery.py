@@ -73,6 +73,30 @@ def test_snakemake_refuses_to_start_while_dvc_runs(tmp_path):
     assert not (root / "data/micro").exists()
 
 
+def test_a_dry_run_is_answered_while_another_tool_runs(tmp_path):
+    """-n changes nothing: it is not refused, and it leaves the other tool's lock alone."""
+    pytest.importorskip("dvc")
+    import zc.lockfile
+
+    root = _project(tmp_path)
+    (root / ".dvc/tmp").mkdir(exist_ok=True)
+    held = zc.lockfile.LockFile(str(root / ".dvc/tmp/lock"), content_template="{pid} snakemake")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n",
+                               "data/micro", "--configfile", "params/micro.yaml"], cwd=root,
+                              capture_output=True, text=True, timeout=300)
+        real = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "data/micro",
+                               "--configfile", "params/micro.yaml"], cwd=root,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        held.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rule data" in proc.stdout + proc.stderr
+    assert real.returncode != 0
+    assert "another Snakemake" in real.stderr + real.stdout
+    assert not (root / "data/micro").exists()
+
+
 def test_dvc_refuses_to_start_while_snakemake_runs(tmp_path):
     pytest.importorskip("dvc")
     import time

@@ -24,13 +24,11 @@ def params_files():
 
 CFG = P.validate_config(config, params_files())
 
-# One tool at a time: while this Snakemake runs it holds DVC's repository lock (bcd.toollock);
-# a Snakemake started while `dvc repro` runs stops here. Dry runs change nothing and skip it.
-try:
-    _DRY = bool(workflow.dryrun)
-except Exception:  # an API without it: take the lock (a dry run beside DVC is then refused)
-    _DRY = False
-if not _DRY:
+# One tool at a time: while this Snakemake runs jobs it holds DVC's repository lock
+# (bcd.toollock); a Snakemake started while `dvc repro` (or another Snakemake's jobs) runs stops
+# before its first job. Taken in `onstart`, which Snakemake calls only when it will run jobs: a
+# dry run (-n), --summary or --list-* changes nothing and is answered beside a running tool.
+onstart:
     from snakemake.exceptions import WorkflowError
 
     from bcd import toollock
@@ -39,6 +37,8 @@ if not _DRY:
         toollock.hold_dvc_lock(".")
     except toollock.ToolLockError as err:
         raise WorkflowError(str(err)) from None
+
+
 PY = shlex.quote(sys.executable)  # the interpreter running Snakemake, i.e. the project's venv
 PARAMS = " ".join(f"--params {shlex.quote(f)}" for f in P.files_of(CFG))
 DATA = str(P.data_dir(CFG))

@@ -181,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stage_of(args) -> tuple | None:
+    """(kind, name, seed) of the workflow stage a command ran, None for the other commands."""
+    cmd = args.command
+    if cmd == "data":
+        return ("data", args.dataset, None)
+    if cmd == "teacher":
+        return ("teacher", args.teacher, None)
+    if cmd == "train":
+        return ("train", args.run, args.seed)
+    if cmd == "evaluate":
+        return ("evaluate-teacher", args.teacher, None) if args.teacher else (
+            "evaluate", args.run, args.seed)
+    if cmd == "table":
+        return ("table", args.table, None)
+    if cmd == "figures":
+        return ("figures", None, None)
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
@@ -193,6 +212,11 @@ def main(argv=None) -> int:
         os.environ["BCD_TRUST_CHECKPOINTS"] = "1"  # read by bcd.train and bcd.mm.compat
     try:
         args.func(args)
+        stage = _stage_of(args)
+        if stage is not None:  # what the outputs were made with, for every tool (specrecord)
+            from bcd import specrecord
+
+            specrecord.record(P.load_params(args.params), *stage)
     except P.ParamsError as err:
         print(f"bcd {args.command}: invalid params: {err}", file=sys.stderr)
         return 2

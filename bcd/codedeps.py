@@ -30,8 +30,8 @@ STAGE_MODULES = {
     "table": ("bcd.tables",),
     "figures": ("bcd.figures",),
 }
-#: every stage runs these first
-ENTRY = ("bcd.__main__", "bcd.cli", "bcd.params")
+#: every stage runs these (bcd.specrecord: the record written after the stage succeeded)
+ENTRY = ("bcd.__main__", "bcd.cli", "bcd.params", "bcd.specrecord")
 #: non-Python files a module reads whose content can change a result
 DATA_FILES = {"bcd.reference": ("bcd/reference/bcd_reported_results.csv",)}
 

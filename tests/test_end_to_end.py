@@ -195,3 +195,24 @@ def test_evaluate_stage_reuses_trainings_own_evaluation(project, tmp_path):
     (run_dir / "work/evaluation.json").write_text("{not json")
     _run(args, cwd=project)
     assert "evaluated" not in json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_a_failing_table_job_keeps_the_previous_table(project):
+    """A corrupt metrics file makes the table job fail; the table built before stays (the
+    rule's outputs are Snakemake update() outputs) and the error names the file."""
+    metrics = project / "runs/micro/r18-bcd/seed0/metrics.json"
+    csv = project / "results/micro/tables/table1.csv"
+    tex = project / "results/micro/tables/table1.tex"
+    good, before = metrics.read_bytes(), (csv.read_bytes(), tex.read_bytes())
+    stat = metrics.stat()
+    try:
+        metrics.write_text('{"mIoU": 12.3, "truncat')
+        proc = _run(SNAKEMAKE + ["--cores", "1", "--configfile", "params/micro.yaml", "--",
+                                 str(csv.relative_to(project))], cwd=project, check=False)
+        assert proc.returncode != 0, "the table job should have failed on the corrupt metrics"
+        assert (csv.read_bytes(), tex.read_bytes()) == before, "the previous table was lost"
+        log = (project / "runs/micro/logs/table-table1.log").read_text()
+        assert str(metrics.relative_to(project)) in log
+    finally:
+        metrics.write_bytes(good)
+        os.utime(metrics, ns=(stat.st_atime_ns, stat.st_mtime_ns))

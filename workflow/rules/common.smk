@@ -140,6 +140,20 @@ def table_spec(wildcards):
     return _canonical(P.resolve_table(CFG, wildcards.table))
 
 
+def spec_changed(kind):
+    """Input function: a stamp newer than the outputs when they were made (by any tool: DVC, a
+    plain command, Snakemake) with other settings than the current ones (bcd.specrecord).
+    Snakemake's own params trigger sees only the outputs it built itself."""
+    from bcd import specrecord
+
+    def stamp(wildcards):
+        name = next((getattr(wildcards, k) for k in ("dataset", "teacher", "run", "table")
+                     if hasattr(wildcards, k)), None)
+        return specrecord.stale_stamp(CFG, kind, name, getattr(wildcards, "seed", None))
+
+    return stamp
+
+
 def figures_spec(wildcards):
     return _canonical(P.resolve_figures(CFG))
 

@@ -1,6 +1,7 @@
 rule data:
     input:
         code=P.code_files(P.DATA_CODE),
+        spec_changed=spec_changed("data"),
     output:
         directory(DATA),
     params:
@@ -21,6 +22,7 @@ rule data:
 rule dataset:
     input:
         code=P.code_files(P.DATA_CODE),
+        spec_changed=spec_changed("data"),
     output:
         directory(dataset_dir()),
     params:

@@ -3,8 +3,9 @@ rule evaluate_teacher:
         data=teacher_data,
         model=teacher_file("model"),
         code=P.code_files(P.EVALUATE_CODE),
+        spec_changed=spec_changed("evaluate-teacher"),
     output:
-        teacher_file("metrics"),
+        update(teacher_file("metrics")),  # kept if the job fails (tables.smk)
     params:
         spec=evaluate_teacher_spec,  # rerun trigger
     log:
@@ -23,8 +24,9 @@ rule evaluate:
         data=run_data,
         model=run_file("model"),
         code=P.code_files(P.EVALUATE_CODE),
+        spec_changed=spec_changed("evaluate"),
     output:
-        run_file("metrics"),
+        update(run_file("metrics")),  # kept if the job fails (tables.smk)
     params:
         spec=evaluate_run_spec,  # rerun trigger
     log:

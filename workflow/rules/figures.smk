@@ -11,9 +11,11 @@ if FIGURES:
             train_logs=FIGURES_IN["train_logs"],
             table=FIGURES_IN["table"],
             code=P.code_files(P.FIGURES_CODE),
+            spec_changed=spec_changed("figures"),
         output:
-            png=[report(f, category="Figures") for f in figure_files("png")],
-            other=[f for f in P.figures_outputs(CFG) if f not in figure_files("png")],
+            # update(): the previous figures stay until the new ones are written (tables.smk)
+            png=[update(report(f, category="Figures")) for f in figure_files("png")],
+            other=[update(f) for f in P.figures_outputs(CFG) if f not in figure_files("png")],
         params:
             spec=figures_spec,  # rerun trigger
         log:

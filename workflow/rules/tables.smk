@@ -2,9 +2,12 @@ rule table:
     input:
         metrics=table_metrics,
         code=P.code_files(P.TABLE_CODE),
+        spec_changed=spec_changed("table"),
     output:
-        csv=report(table_file("csv"), category="Tables"),
-        tex=table_file("tex"),
+        # update(): Snakemake keeps the previous table in place while the job runs and puts it
+        # back if the job fails (a corrupt metrics file must not cost the last good table)
+        csv=update(report(table_file("csv"), category="Tables")),
+        tex=update(table_file("tex")),
     params:
         spec=table_spec,  # rerun trigger
     log:

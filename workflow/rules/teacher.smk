@@ -2,6 +2,7 @@ rule teacher:
     input:
         data=teacher_data,
         code=P.code_files(P.TEACHER_CODE),
+        spec_changed=spec_changed("teacher"),
     output:
         model=teacher_file("model"),
         train_log=teacher_file("train_log"),

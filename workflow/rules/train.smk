@@ -3,6 +3,7 @@ rule train:
         data=run_data,
         teacher=teacher_model,  # only for distillation runs
         code=P.code_files(P.TRAIN_CODE),
+        spec_changed=spec_changed("train"),
     output:
         model=run_file("model"),
         train_log=run_file("train_log"),

@@ -65,3 +65,24 @@ def test_zero_weight_controls_follow_the_defaults():
         default = dict(cfg["methods"][name])
         default.pop("loss_weight")
         assert control == default, name
+
+
+def test_second_stage_candidates_are_the_first_stages_readings():
+    """params/protocol-camvid.yaml (the protocol's second stage on pretrained CamVid) runs B3 and
+    C2 of params/protocol.yaml, and C1 (the default `cd`), at the weights its share rule set;
+    it loads over its three base files and shares the profile's runs folder."""
+    from bcd import params as P
+
+    root = DEFAULT.parent
+    cfg = P.load_params([DEFAULT, root / "camvid.yaml", root / "camvid-pretrained.yaml",
+                         root / "protocol-camvid.yaml"])
+    first = P.load_params([DEFAULT, root / "protocol.yaml"])["methods"]
+    weights = {"bd-b3": 0.1, "cd-c2": 0.5, "cd-c1w": 0.5}
+    for name, source in (("bd-b3", first["bd-b3"]), ("cd-c2", first["cd-c2"]),
+                         ("cd-c1w", cfg["methods"]["cd"])):
+        mine = dict(cfg["methods"][name])
+        assert mine.pop("loss_weight") == weights[name], name
+        theirs = {k: v for k, v in source.items() if k != "loss_weight"}
+        assert {k: mine.get(k) for k in theirs if k != "teacher_fusion_seed"} == {
+            k: v for k, v in theirs.items() if k != "teacher_fusion_seed"}, name
+    assert P.run_paths(cfg, "lite0-b3", 0)["model"].parts[:2] == ("runs", "camvid-pretrained")

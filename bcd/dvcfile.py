@@ -3,6 +3,7 @@ of :func:`bcd.params.stages` (the Snakefile's rules come from the same list) and
 :func:`bcd.figures.dvc_plots`."""
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,11 +30,15 @@ def _param_files(cfg, keys: Sequence[str]) -> list[dict]:
     return entries
 
 
-def dvc_yaml(cfg) -> dict:
-    """The dvc.yaml content for :func:`stages`."""
+def dvc_yaml(cfg, wdir: str | None = None) -> dict:
+    """The dvc.yaml content for :func:`stages`. ``wdir``: the repository root relative to the
+    file's folder, for a dvc.yaml written outside the root (a profile's own pipeline, e.g.
+    ``pipelines/camvid/dvc.yaml`` with ``wdir: ../..``): every path stays root-relative."""
     out = {}
     for st in P.stages(cfg):
         entry: dict[str, Any] = {"cmd": st.cmd, "deps": list(st.deps)}
+        if wdir:
+            entry = {"cmd": st.cmd, "wdir": wdir, "deps": list(st.deps)}
         if st.params:
             entry["params"] = _param_files(cfg, st.params)
         if st.outs:
@@ -43,8 +48,29 @@ def dvc_yaml(cfg) -> dict:
         out[st.name] = entry
     doc: dict[str, Any] = {"stages": out}
     if P.figures_spec(cfg) is not None:
-        doc["plots"] = figures.dvc_plots(cfg)
+        doc["plots"] = _rebased(figures.dvc_plots(cfg), wdir)
     return doc
+
+
+def _rebased(plots: list, wdir: str | None) -> list:
+    """Top-level plots name files relative to the dvc.yaml's folder (they have no ``wdir``)."""
+    if not wdir:
+        return plots
+
+    def path(p: str) -> str:
+        return f"{wdir.rstrip('/')}/{p}"
+
+    out = []
+    for entry in plots:
+        if isinstance(entry, str):
+            out.append(path(entry))
+            continue
+        (pid, spec), = entry.items()
+        spec = dict(spec)
+        if isinstance(spec.get("y"), dict):
+            spec["y"] = {path(f): cols for f, cols in spec["y"].items()}
+        out.append({pid: spec})
+    return out
 
 
 class _DvcDumper(yaml.SafeDumper):
@@ -55,19 +81,36 @@ _DvcDumper.add_representer(type(None),
                            lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", ""))
 
 
-def dvc_yaml_text(cfg) -> str:
+def dvc_yaml_text(cfg, out: str | os.PathLike = "dvc.yaml") -> str:
+    """The file's text; ``out`` (relative to the repository root, the current folder) decides
+    the stages' ``wdir`` (none for the root's own dvc.yaml)."""
     args = " ".join(f"--params {shlex.quote(f)}" for f in P.files_of(cfg))
+    folder = Path(out).parent
+    wdir = None if folder == Path(".") else os.path.relpath(".", folder)
+    target = "" if wdir is None else f" --out {shlex.quote(str(out))}"
     header = ("# GENERATED from the run matrix by\n"
-              f"#   python -m bcd dvc-yaml {args}\n"
-              "# Do not edit: change params/ and regenerate (a test checks that it is current).\n")
-    body = yaml.dump(dvc_yaml(cfg), Dumper=_DvcDumper, sort_keys=False,
+              f"#   python -m bcd dvc-yaml {args}{target}\n"
+              "# Do not edit: change params/ and regenerate")
+    if wdir is None:
+        header += " (a test checks that it is current).\n"
+    else:
+        header += f".\n# Run from the repository root: dvc repro {out}\n"
+    body = yaml.dump(dvc_yaml(cfg, wdir), Dumper=_DvcDumper, sort_keys=False,
                      default_flow_style=False, width=100)
     return header + body
 
 
 def main_dvc_yaml(args) -> None:
-    """``python -m bcd dvc-yaml --params F... [--out dvc.yaml]``: write the generated dvc.yaml."""
+    """``python -m bcd dvc-yaml --params F... [--out dvc.yaml]``: write the generated dvc.yaml
+    (``--out pipelines/<profile>/dvc.yaml``: a profile's own pipeline beside the committed one,
+    its stages run from the repository root)."""
     cfg = P.load_params(args.params)
     out = Path(getattr(args, "out", None) or "dvc.yaml")
-    write_text_atomic(out, dvc_yaml_text(cfg))
+    if out.is_absolute():
+        try:
+            out = out.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            raise ValueError(f"--out {out}: must lie inside the repository (the current "
+                             "folder), where DVC finds it") from None
+    write_text_atomic(out, dvc_yaml_text(cfg, out))
     print(f"wrote {out}: {len(P.stages(cfg))} stages")

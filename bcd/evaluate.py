@@ -103,11 +103,25 @@ def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
                 and cached.get("key") == evaluation_key(cfg, ckpt, run=run, teacher=teacher)):
             out = dict(cached["metrics"], evaluated="at the end of training (same weights, "
                                                     "evaluation settings and code)")
-            write_json_atomic(paths["metrics"], out)
+            _write(paths, out)
             return out
     out = measure(cfg, run=run, seed=seed, teacher=teacher)
-    write_json_atomic(paths["metrics"], out)
+    _write(paths, out)
     return out
+
+
+#: the headline numbers of ``summary.json`` (what ``dvc metrics show`` lists per evaluation)
+SUMMARY_KEYS = ("mIoU", "mBoundaryIoU", "params", "flops")
+
+
+def summary(metrics: dict) -> dict:
+    """A metrics file's headline numbers: mIoU and Boundary IoU (%), parameters and FLOPs."""
+    return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
+
+
+def _write(paths: dict, metrics: dict) -> None:
+    write_json_atomic(paths["metrics"], metrics)
+    write_json_atomic(paths["summary"], summary(metrics))
 
 
 def evaluate_after_training(cfg, *, run: str | None = None, seed: int | None = None,

@@ -595,8 +595,10 @@ def data_dir(cfg, dataset: str | None = None) -> Path:
 
 
 def _stage_files(folder: Path) -> dict:
+    """``metrics``: the full evaluation (per class, every metric, provenance); ``summary``: its
+    headline numbers, the file DVC shows as the stage's metrics (``dvc metrics show``)."""
     return dict(dir=folder, model=folder / "model.pth", train_log=folder / "train_log.json",
-                metrics=folder / "metrics.json")
+                metrics=folder / "metrics.json", summary=folder / "summary.json")
 
 
 def teacher_paths(cfg, name: str) -> dict:
@@ -963,8 +965,9 @@ def stages(cfg) -> list[Stage]:
                          params=tuple(param_keys_for_teacher(cfg, t))))
         out.append(Stage(stage_name("evaluate-teacher", t),
                          command(cfg, "evaluate", "--teacher", t),
-                         (data, str(p["model"]), *stage_code("evaluate")), (), (str(p["metrics"]),),
-                         params=tuple(param_keys_for_evaluate(cfg, teacher=t))))
+                         (data, str(p["model"]), *stage_code("evaluate")), (str(p["metrics"]),),
+                         (str(p["summary"]),), params=tuple(param_keys_for_evaluate(cfg, teacher=t)),
+                         cache=False))
     for run in runs_used(cfg):
         spec = cfg["runs"][run]
         data = str(data_dir(cfg, spec.get("dataset")))
@@ -978,8 +981,9 @@ def stages(cfg) -> list[Stage]:
                              (str(p["model"]), str(p["train_log"]), str(p["distill_heads"])),
                              params=tuple(param_keys_for_run(cfg, run))))
             out.append(Stage(stage_name("evaluate", run, seed), command(cfg, "evaluate", *args),
-                             (data, str(p["model"]), *stage_code("evaluate")), (), (str(p["metrics"]),),
-                             params=tuple(param_keys_for_evaluate(cfg, run=run))))
+                             (data, str(p["model"]), *stage_code("evaluate")),
+                             (str(p["metrics"]),), (str(p["summary"]),),
+                             params=tuple(param_keys_for_evaluate(cfg, run=run)), cache=False))
     for name in cfg["tables"]:
         p = table_paths(cfg, name)
         out.append(Stage(stage_name("table", name), command(cfg, "table", "--table", name),

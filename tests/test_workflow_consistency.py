@@ -232,6 +232,7 @@ elif a.command == "evaluate":
     digest = int(hashlib.md5(Path(p["model"]).read_bytes()).hexdigest(), 16)
     write(p["metrics"], {"kind": kind, "name": name, "seed": seed, "mIoU": digest % 10000 / 100,
                          "params": 1000, "flops": 1e6, "input_shape": [3, 32, 32]})
+    write(p["summary"], {"mIoU": digest % 10000 / 100, "params": 1000, "flops": 1e6})
 elif a.command == "table":
     tables.write_table(cfg, a.table)
 elif a.command == "figures":
@@ -338,3 +339,26 @@ def test_snakemake_reruns_what_dvc_built_when_a_method_changes(sandbox, monkeypa
     _snakemake("--configfile", "params/micro.yaml", cwd=sandbox)
     again = _snakemake("--dry-run", "--configfile", "params/micro.yaml", cwd=sandbox)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dvc_runs_another_profile_from_its_own_pipeline_file(sandbox, monkeypatch):
+    """`python -m bcd dvc-yaml --out pipelines/micro/dvc.yaml` writes a profile's pipeline
+    beside the committed dvc.yaml (stages with `wdir: ../..`): `dvc repro` on it builds that
+    profile's outputs at the usual root-relative paths, and the committed file is untouched."""
+    pytest.importorskip("dvc", reason="dvc is installed by tools/setup_env.sh")
+    monkeypatch.chdir(sandbox)
+    committed = Path("dvc.yaml").read_text()
+    _run([sys.executable, "-c", "import sys; from bcd.cli import main; sys.exit(main())",
+          "dvc-yaml", "--params", "params/default.yaml", "--params", "params/micro.yaml",
+          "--out", "pipelines/micro/dvc.yaml"], cwd=sandbox)  # (the sandbox's __main__ is fake)
+    dvc = str(BIN / "dvc")
+    _run([dvc, "init", "--no-scm", "-q"], cwd=sandbox)
+    out = _run([dvc, "repro", "pipelines/micro/dvc.yaml"], cwd=sandbox).stdout
+    assert out.count("Running stage") == 17
+    assert (sandbox / "results/micro/tables/table1.csv").is_file()
+    assert (sandbox / "runs/micro/r18-bcd/seed0/model.pth").is_file()
+    assert not (sandbox / "pipelines/micro/runs").exists()
+    assert "up to date" in _run([dvc, "status", "pipelines/micro/dvc.yaml"], cwd=sandbox).stdout
+    plots = json.loads(_run([dvc, "plots", "show", "--json"], cwd=sandbox).stdout)["data"]
+    assert any(k.endswith("table1-miou") for k in plots), sorted(plots)
+    assert Path("dvc.yaml").read_text() == committed

@@ -6,6 +6,7 @@ rule evaluate_teacher:
         spec_changed=spec_changed("evaluate-teacher"),
     output:
         update(teacher_file("metrics")),  # kept if the job fails (tables.smk)
+        update(teacher_file("summary")),  # its headline numbers (DVC's metrics file)
     params:
         spec=evaluate_teacher_spec,  # rerun trigger
     log:
@@ -27,6 +28,7 @@ rule evaluate:
         spec_changed=spec_changed("evaluate"),
     output:
         update(run_file("metrics")),  # kept if the job fails (tables.smk)
+        update(run_file("summary")),  # its headline numbers (DVC's metrics file)
     params:
         spec=evaluate_run_spec,  # rerun trigger
     log:

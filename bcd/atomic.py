@@ -35,3 +35,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """JSON (indent 1, NaN allowed) written atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True))
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a whole torch checkpoint: a zip archive whose central directory,
+    written last, is there (a truncated or overwritten file fails). Reads no tensor."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False

@@ -12,7 +12,8 @@ and the Snakefile gives each job one more input, :func:`stale_stamp`: nothing wh
 matches (or there is none), else a stamp file ``.<stage>.spec-changed`` whose modification time
 is set to now, so Snakemake sees an input newer than the outputs and reruns the job, which then
 writes a matching record. Once created, a stamp stays an input of its job (a changing input set
-would itself trigger a rerun). DVC needs none of this: it compares the params it recorded in
+would itself trigger a rerun). A truncated or corrupt checkpoint (a teacher's or a run's
+``model.pth``) is outdated the same way: Snakemake rebuilds it, and every stage after it. DVC needs none of this: it compares the params it recorded in
 ``dvc.lock``. Plain Python, no OpenMMLab import.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from bcd import params as P
-from bcd.atomic import write_json_atomic
+from bcd.atomic import is_complete, write_json_atomic
 from bcd.provenance import spec_digest
 
 #: stage kinds (bcd.params.stage_name) and the arguments naming one stage
@@ -91,19 +92,25 @@ def recorded_digest(cfg, kind: str, name: str | None = None, seed=None) -> str |
         return None
 
 
+def _outdated(cfg, kind, name, seed, out: Path) -> bool:
+    """The outputs were made with other settings than the current ones, or (weights of a
+    teacher or a run) the checkpoint is truncated or corrupt: rebuild."""
+    recorded = recorded_digest(cfg, kind, name, seed)
+    if recorded is not None and recorded != spec_digest(stage_spec(cfg, kind, name, seed)):
+        return True
+    return kind in ("teacher", "train") and out.exists() and not is_complete(out)
+
+
 def stale_stamp(cfg, kind: str, name: str | None = None, seed=None) -> list[str]:
     """The Snakefile's extra input of a job: ``[]``, or ``[stamp]`` with the stamp's time set
-    to now when the recorded settings differ from the current ones (see the module doc)."""
+    to now when the outputs are outdated (see the module doc; also a truncated checkpoint)."""
     _, stamp = _paths(cfg, kind, name, seed)
-    recorded = recorded_digest(cfg, kind, name, seed)
-    if recorded is not None:
-        current = spec_digest(stage_spec(cfg, kind, name, seed))
-        if recorded != current:
-            out = Path(first_output(cfg, kind, name, seed))
-            built = out.stat().st_mtime if out.exists() else 0.0
-            if not stamp.exists() or stamp.stat().st_mtime <= built:
-                stamp.parent.mkdir(parents=True, exist_ok=True)
-                stamp.touch()
-                now = max(time.time(), built + 1)  # newer than the outputs, whatever the clocks
-                os.utime(stamp, (now, now))
+    out = Path(first_output(cfg, kind, name, seed))
+    if _outdated(cfg, kind, name, seed, out):
+        built = out.stat().st_mtime if out.exists() else 0.0
+        if not stamp.exists() or stamp.stat().st_mtime <= built:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.touch()
+            now = max(time.time(), built + 1)  # newer than the outputs, whatever the clocks
+            os.utime(stamp, (now, now))
     return [str(stamp)] if stamp.exists() else []

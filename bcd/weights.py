@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import torch
 
-from bcd.atomic import atomic_write
+from bcd.atomic import atomic_write, is_complete  # noqa: F401  (is_complete: here before)
 
 
 def save_weights(module: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
@@ -78,15 +78,3 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
             detail.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint "
                           f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
         raise ValueError(f"{path} does not fit the model's architecture: " + "; ".join(detail))
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a whole torch checkpoint: a zip archive whose central directory,
-    written last, is there (a truncated or overwritten file fails). Reads no tensor."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return bool(z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False

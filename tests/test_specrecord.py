@@ -22,10 +22,17 @@ def _cfg(tmp_path, weight=0.1):
 def _built(cfg, run="r18-bcd", seed=0):
     model = P.run_paths(cfg, run, seed)["model"]
     model.parent.mkdir(parents=True, exist_ok=True)
-    model.write_bytes(b"weights")
+    _save(model)
     old = time.time() - 100
     os.utime(model, (old, old))
     return model
+
+
+def _save(path, value=1.0):
+    """A whole torch checkpoint (a zip file: bcd.atomic.is_complete)."""
+    import torch
+
+    torch.save({"state_dict": {"w": torch.full((4,), value)}}, path)
 
 
 def test_no_record_no_stamp(tmp_path):
@@ -55,7 +62,7 @@ def test_changed_settings_give_a_stamp_newer_than_the_outputs(tmp_path):
     specrecord.record(cfg, "train", "r18", 0)
     assert specrecord.stale_stamp(changed, "train", "r18", 0) == []
     # after the rerun (new outputs, matching record) the stamp stays an input but is old
-    model.write_bytes(b"new weights")
+    _save(model, 2.0)
     specrecord.record(changed, "train", "r18-bcd", 0)
     before = Path(stamp).stat().st_mtime
     assert specrecord.stale_stamp(changed, "train", "r18-bcd", 0) == [stamp]
@@ -71,3 +78,18 @@ def test_every_kind_of_stage_has_a_record_place(tmp_path):
         path = specrecord.record(cfg, kind, name, seed)
         assert path.name == f".{P.stage_name(kind, name, seed)}.spec.json"
         assert specrecord.recorded_digest(cfg, kind, name, seed) is not None
+
+
+def test_a_truncated_teacher_checkpoint_is_rebuilt(tmp_path):
+    """A cut-off teacher model.pth gets the stamp, so Snakemake retrains the teacher (and the
+    runs distilled from it) instead of failing in every student."""
+    import torch
+
+    cfg = _cfg(tmp_path)
+    model = P.teacher_paths(cfg, "pspnet-r101")["model"]
+    model.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(64)}}, model)
+    assert specrecord.stale_stamp(cfg, "teacher", "pspnet-r101") == []
+    model.write_bytes(model.read_bytes()[:100])
+    (stamp,) = specrecord.stale_stamp(cfg, "teacher", "pspnet-r101")
+    assert Path(stamp).stat().st_mtime > model.stat().st_mtime

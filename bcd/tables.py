@@ -227,9 +227,13 @@ def paired_difference(values: Mapping[Any, float], reference: Mapping[Any, float
 
 
 def _per_seed(metrics: list[dict], key: str) -> dict | None:
-    """``{seed: metrics[key]}``, or None when a seed's metrics lack ``key``."""
+    """``{seed: metrics[key]}``, or None when a seed's metrics lack ``key``. Values are cut to
+    the 6 significant digits the CSVs keep (the metrics are float32 numbers: 25.219999313 is
+    25.22), so the per-seed differences carry no float32 noise (-0.38, not -0.380001)."""
     out = {m["seed"]: m.get(key) for m in metrics}
-    return {s: float(v) for s, v in out.items()} if all(map(_is_number, out.values())) else None
+    if not all(map(_is_number, out.values())):
+        return None
+    return {s: float(CSV_FLOAT % float(v)) for s, v in out.items()}
 
 
 def _paired(rec: dict, base: dict | None) -> dict:

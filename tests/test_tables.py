@@ -324,6 +324,13 @@ def test_csv_numbers_carry_no_float32_noise(cfg):
     noisy = float(np.float32(12.15))
     assert repr(noisy) != "12.15" and T.CSV_FLOAT % noisy == "12.15"
     assert T.CSV_FLOAT % (noisy - float(np.float32(11.5))) == "0.65"
+    # per-seed differences: cut to 6 significant digits before subtracting (measured case:
+    # 25.22 and 25.6 as float32 gave -0.380001)
+    a, b = float(np.float32(25.22)), float(np.float32(25.6))
+    assert T.CSV_FLOAT % (a - b) == "-0.380001"
+    per = T._per_seed([{"seed": 0, "mIoU": a}], "mIoU")[0] - T._per_seed(
+        [{"seed": 0, "mIoU": b}], "mIoU")[0]
+    assert T.CSV_FLOAT % per == "-0.38"
 
 
 def test_csv_and_latex_show_the_paired_columns(cfg):

@@ -282,11 +282,12 @@ def test_params_accept_lite_and_refuse_what_does_not_apply(tmp_path):
 
 
 def test_camvid_pretrained_profile_plans_its_runs():
-    """The draft profile validates and plans 1 teacher + 8 rows x 5 seeds, all pretrained."""
+    """The profile validates and plans 1 teacher + 8 rows x its seeds (>= 5), all pretrained."""
     cfg = P.load_params([ROOT / "params/default.yaml", ROOT / "params/camvid.yaml",
                          ROOT / "params/camvid-pretrained.yaml"])
     kinds = [s.name.split("-")[0] for s in P.stages(cfg)]
-    assert kinds.count("teacher") == 1 and kinds.count("train") == 40 and len(cfg["seeds"]) >= 5
+    assert len(cfg["seeds"]) >= 5
+    assert kinds.count("teacher") == 1 and kinds.count("train") == 8 * len(cfg["seeds"])
     used = P.runs_used(cfg)
     assert len(used) == 8
     for run in used:

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CORES ?= 2
 PROFILE ?=
 
-.PHONY: env reproduce reproduce-ablation reproduce-all test dry-run clean-results
+.PHONY: env reproduce reproduce-ablation reproduce-all test test-fast dry-run clean-results
 
 env:
 	@bash tools/setup_env.sh
@@ -27,6 +27,10 @@ reproduce-ablation: env
 
 test: env
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25
+
+# The inner loop: the tests not marked slow (tests/conftest.py, tests/slow_tests.txt)
+test-fast: env
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=10
 
 dry-run: env
 	$(VENV)/bin/snakemake -n --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)

@@ -106,11 +106,11 @@ def main_dvc_yaml(args) -> None:
     its stages run from the repository root)."""
     cfg = P.load_params(args.params)
     out = Path(getattr(args, "out", None) or "dvc.yaml")
+    inside = out
     if out.is_absolute():
         try:
-            out = out.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            raise ValueError(f"--out {out}: must lie inside the repository (the current "
-                             "folder), where DVC finds it") from None
-    write_text_atomic(out, dvc_yaml_text(cfg, out))
+            inside = out.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:  # outside this repository: written as a root dvc.yaml (no wdir)
+            inside = Path("dvc.yaml")
+    write_text_atomic(out, dvc_yaml_text(cfg, inside))
     print(f"wrote {out}: {len(P.stages(cfg))} stages")

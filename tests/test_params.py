@@ -428,6 +428,7 @@ def test_paths(cfg):
                  "model": Path("runs/embedded/r18-bcd/seed2/model.pth"),
                  "train_log": Path("runs/embedded/r18-bcd/seed2/train_log.json"),
                  "metrics": Path("runs/embedded/r18-bcd/seed2/metrics.json"),
+                 "summary": Path("runs/embedded/r18-bcd/seed2/summary.json"),
                  "distill_heads": Path("runs/embedded/r18-bcd/seed2/distill_heads.pth")}
     assert P.table_paths(cfg, "table1") == {"csv": Path("results/tables/table1.csv"),
                                             "tex": Path("results/tables/table1.tex")}
@@ -451,7 +452,9 @@ def test_stages(cfg):
     assert set(train.params) == set(P.param_keys_for_run(cfg, "r18-bcd"))
     assert "runs/embedded/teachers/pspnet-r101/model.pth" not in stages["train-r18-seed0"].deps
     ev = stages["evaluate-r18-seed0"]
-    assert ev.metrics == ("runs/embedded/r18/seed0/metrics.json",) and not ev.outs
+    # the full record is an out; DVC's metrics file is its short summary (`dvc metrics show`)
+    assert ev.outs == ("runs/embedded/r18/seed0/metrics.json",) and not ev.cache
+    assert ev.metrics == ("runs/embedded/r18/seed0/summary.json",)
     assert "runs/embedded/r18/seed0/model.pth" in ev.deps
     table = stages["table-table1"]
     assert len([d for d in table.deps if d.endswith("metrics.json")]) == 1 + 5 * 3

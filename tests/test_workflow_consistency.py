@@ -58,7 +58,8 @@ def parse_plan(text: str) -> dict[str, dict]:
             continue
         field = re.match(r"^\s+(input|output|log|benchmark): (.*)$", line)
         if job is not None and field:
-            job[field.group(1)] = field.group(2)
+            # "path (update)": Snakemake's mark of an update() output
+            job[field.group(1)] = field.group(2).replace(" (update)", "")
         elif job is not None and line.startswith("Shell command: "):
             job["shell"] = line[len("Shell command: "):]
     total = re.search(r"^total\s+(\d+)$", text, re.M)
@@ -213,15 +214,25 @@ def write(path, data):
     Path(path).write_text(json.dumps(data, sort_keys=True))
 
 
+def write_weights(path, data):
+    """Weights files are zip archives, as torch writes them (a truncated one is rebuilt)."""
+    import zipfile
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(zipfile.ZipInfo("data.json", date_time=(2020, 1, 1, 0, 0, 0)),
+                   json.dumps(data, sort_keys=True))
+
+
 if a.command == "data":
     write(P.data_dir(cfg) / "meta.json", cfg["data"])
 elif a.command == "teacher":
     p = P.teacher_paths(cfg, a.teacher)
-    write(p["model"], P.resolve_teacher(cfg, a.teacher))
+    write_weights(p["model"], P.resolve_teacher(cfg, a.teacher))
     write(p["train_log"], [])
 elif a.command == "train":
     p = P.run_paths(cfg, a.run, seed)
-    write(p["model"], [P.resolve_run(cfg, a.run), seed])
+    write_weights(p["model"], [P.resolve_run(cfg, a.run), seed])
     write(p["distill_heads"], sorted(cfg["runs"][a.run].get("distill", [])))
     cols = figures.curve_columns(cfg, a.run)
     write(p["train_log"], {part: [{c: i + 1.0 for c in cols[part]} for i in range(2)]

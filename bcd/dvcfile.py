@@ -36,9 +36,8 @@ def dvc_yaml(cfg, wdir: str | None = None) -> dict:
     ``pipelines/camvid/dvc.yaml`` with ``wdir: ../..``): every path stays root-relative."""
     out = {}
     for st in P.stages(cfg):
-        entry: dict[str, Any] = {"cmd": st.cmd, "deps": list(st.deps)}
-        if wdir:
-            entry = {"cmd": st.cmd, "wdir": wdir, "deps": list(st.deps)}
+        entry: dict[str, Any] = {"cmd": st.cmd, **({"wdir": wdir} if wdir else {}),
+                                 "deps": list(st.deps)}
         if st.params:
             entry["params"] = _param_files(cfg, st.params)
         if st.outs:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from bcd import params as P
-from bcd.weights import check_state_dict, is_complete, load_weights
+from bcd.atomic import is_complete
+from bcd.weights import check_state_dict, load_weights
 
 THREADS_ENV = "BCD_THREADS"
 

@@ -23,11 +23,11 @@ import torch
 
 from bcd import params as P
 from bcd import provenance
-from bcd.atomic import atomic_write, write_json_atomic
+from bcd.atomic import atomic_write, is_complete, write_json_atomic
 from bcd.runtime import (THREADS_ENV, check_teacher, require_dataset, require_teacher,
                          setup_threads)
 # the weights I/O, for callers of this module (bcd.weights is its home)
-from bcd.weights import (TRUST_ENV, check_state_dict, is_complete, load_meta,  # noqa: F401
+from bcd.weights import (TRUST_ENV, check_state_dict, load_meta,  # noqa: F401
                          load_weights, save_weights)
 
 log = logging.getLogger("bcd")

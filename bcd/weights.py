@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import torch
 
-from bcd.atomic import atomic_write, is_complete  # noqa: F401  (is_complete: here before)
+from bcd.atomic import atomic_write
 
 
 def save_weights(module: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any]) -> None:

@@ -55,19 +55,26 @@ def _project(tmp_path) -> Path:
     return tmp_path
 
 
-def test_snakemake_refuses_to_start_while_dvc_runs(tmp_path):
-    pytest.importorskip("dvc")
+def _snakemake_beside_a_held_lock(root: Path, holder: str | None, *flags: str):
+    """Snakemake on the micro data stage while the DVC repository lock is held by another
+    process (``holder``: the tool name its lock file records; DVC writes its pid alone)."""
     import zc.lockfile
 
-    root = _project(tmp_path)
     (root / ".dvc/tmp").mkdir(exist_ok=True)
-    held = zc.lockfile.LockFile(str(root / ".dvc/tmp/lock"))   # what `dvc repro` holds
+    template = "{pid}" + (f" {holder}" if holder else "")
+    held = zc.lockfile.LockFile(str(root / ".dvc/tmp/lock"), content_template=template)
     try:
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "data/micro",
-                               "--configfile", "params/micro.yaml"], cwd=root,
+        return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *flags,
+                               "data/micro", "--configfile", "params/micro.yaml"], cwd=root,
                               capture_output=True, text=True, timeout=300)
     finally:
         held.close()
+
+
+def test_snakemake_refuses_to_start_while_dvc_runs(tmp_path):
+    pytest.importorskip("dvc")
+    root = _project(tmp_path)
+    proc = _snakemake_beside_a_held_lock(root, None)   # what `dvc repro` holds
     assert proc.returncode != 0
     assert "DVC is running on this checkout" in proc.stderr + proc.stdout
     assert not (root / "data/micro").exists()
@@ -76,20 +83,9 @@ def test_snakemake_refuses_to_start_while_dvc_runs(tmp_path):
 def test_a_dry_run_is_answered_while_another_tool_runs(tmp_path):
     """-n changes nothing: it is not refused, and it leaves the other tool's lock alone."""
     pytest.importorskip("dvc")
-    import zc.lockfile
-
     root = _project(tmp_path)
-    (root / ".dvc/tmp").mkdir(exist_ok=True)
-    held = zc.lockfile.LockFile(str(root / ".dvc/tmp/lock"), content_template="{pid} snakemake")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n",
-                               "data/micro", "--configfile", "params/micro.yaml"], cwd=root,
-                              capture_output=True, text=True, timeout=300)
-        real = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "data/micro",
-                               "--configfile", "params/micro.yaml"], cwd=root,
-                              capture_output=True, text=True, timeout=300)
-    finally:
-        held.close()
+    proc = _snakemake_beside_a_held_lock(root, "snakemake", "-n")
+    real = _snakemake_beside_a_held_lock(root, "snakemake")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rule data" in proc.stdout + proc.stderr
     assert real.returncode != 0

@@ -283,11 +283,24 @@ def sandbox(tmp_path):
     return tmp_path
 
 
-def test_snakemake_reruns_only_the_runs_that_use_a_changed_method(sandbox):
-    _snakemake("--configfile", "params/micro.yaml", cwd=sandbox)
-    assert (sandbox / "results/micro/tables/table1.tex").is_file()
+def dvc_project(sandbox, micro_dvc_yaml=True) -> str:
+    """`dvc init` in the sandbox (with the micro profile's dvc.yaml); returns the dvc binary."""
+    if micro_dvc_yaml:
+        Path(sandbox / "dvc.yaml").write_text(dvcfile.dvc_yaml_text(P.load_params(
+            ["params/default.yaml", "params/micro.yaml"])))
+    dvc = str(BIN / "dvc")
+    _run([dvc, "init", "--no-scm", "-q"], cwd=sandbox)
+    return dvc
+
+
+def assert_nothing_to_do(sandbox) -> None:
     again = _snakemake("--dry-run", "--configfile", "params/micro.yaml", cwd=sandbox)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def assert_bd_change_reruns_only_bd_runs(sandbox) -> None:
+    """After methods.bd.loss_weight changes, Snakemake plans the runs using bd and what
+    follows them (their evaluations, the tables, the figures), nothing else."""
     change_bd_weight(sandbox)
     dry = _snakemake("--dry-run", "--printshellcmds", "--configfile", "params/micro.yaml",
                      cwd=sandbox)
@@ -297,13 +310,17 @@ def test_snakemake_reruns_only_the_runs_that_use_a_changed_method(sandbox):
     assert {j["rule"] for j in plan.values()} == {"train", "evaluate", "table", "figures"}
 
 
+def test_snakemake_reruns_only_the_runs_that_use_a_changed_method(sandbox):
+    _snakemake("--configfile", "params/micro.yaml", cwd=sandbox)
+    assert (sandbox / "results/micro/tables/table1.tex").is_file()
+    assert_nothing_to_do(sandbox)
+    assert_bd_change_reruns_only_bd_runs(sandbox)
+
+
 def test_dvc_reruns_only_the_runs_that_use_a_changed_method(sandbox, monkeypatch):
     pytest.importorskip("dvc", reason="dvc is installed by tools/setup_env.sh")
     monkeypatch.chdir(sandbox)
-    Path("dvc.yaml").write_text(dvcfile.dvc_yaml_text(P.load_params(["params/default.yaml",
-                                                               "params/micro.yaml"])))
-    dvc = str(BIN / "dvc")
-    _run([dvc, "init", "--no-scm", "-q"], cwd=sandbox)
+    dvc = dvc_project(sandbox)
     first = _run([dvc, "repro"], cwd=sandbox).stdout
     assert first.count("Running stage") == 17
     assert "up to date" in _run([dvc, "status"], cwd=sandbox).stdout
@@ -332,24 +349,12 @@ def test_snakemake_reruns_what_dvc_built_when_a_method_changes(sandbox, monkeypa
     recorded (bcd.specrecord) still make Snakemake rerun exactly the affected runs."""
     pytest.importorskip("dvc", reason="dvc is installed by tools/setup_env.sh")
     monkeypatch.chdir(sandbox)
-    Path("dvc.yaml").write_text(dvcfile.dvc_yaml_text(P.load_params(["params/default.yaml",
-                                                               "params/micro.yaml"])))
-    dvc = str(BIN / "dvc")
-    _run([dvc, "init", "--no-scm", "-q"], cwd=sandbox)
-    _run([dvc, "repro"], cwd=sandbox)
-    same = _snakemake("--dry-run", "--configfile", "params/micro.yaml", cwd=sandbox)
-    assert "Nothing to be done" in same.stdout + same.stderr
-    change_bd_weight(sandbox)
-    dry = _snakemake("--dry-run", "--printshellcmds", "--configfile", "params/micro.yaml",
-                     cwd=sandbox)
-    plan = parse_plan(dry.stdout + dry.stderr)
-    assert {n for n, j in plan.items() if j["rule"] == "train"} == {
-        f"train-{r}-seed0" for r in USES_BD}
-    assert {j["rule"] for j in plan.values()} == {"train", "evaluate", "table", "figures"}
+    _run([dvc_project(sandbox), "repro"], cwd=sandbox)
+    assert_nothing_to_do(sandbox)
+    assert_bd_change_reruns_only_bd_runs(sandbox)
     # run it: the new records match, so a second call has nothing to do
     _snakemake("--configfile", "params/micro.yaml", cwd=sandbox)
-    again = _snakemake("--dry-run", "--configfile", "params/micro.yaml", cwd=sandbox)
-    assert "Nothing to be done" in again.stdout + again.stderr
+    assert_nothing_to_do(sandbox)
 
 
 def test_dvc_runs_another_profile_from_its_own_pipeline_file(sandbox, monkeypatch):
@@ -362,8 +367,7 @@ def test_dvc_runs_another_profile_from_its_own_pipeline_file(sandbox, monkeypatc
     _run([sys.executable, "-c", "import sys; from bcd.cli import main; sys.exit(main())",
           "dvc-yaml", "--params", "params/default.yaml", "--params", "params/micro.yaml",
           "--out", "pipelines/micro/dvc.yaml"], cwd=sandbox)  # (the sandbox's __main__ is fake)
-    dvc = str(BIN / "dvc")
-    _run([dvc, "init", "--no-scm", "-q"], cwd=sandbox)
+    dvc = dvc_project(sandbox, micro_dvc_yaml=False)
     out = _run([dvc, "repro", "pipelines/micro/dvc.yaml"], cwd=sandbox).stdout
     assert out.count("Running stage") == 17
     assert (sandbox / "results/micro/tables/table1.csv").is_file()

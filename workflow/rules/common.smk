@@ -110,52 +110,30 @@ def table_metrics(wildcards):
     return [str(p) for p in P.table_metrics(CFG, wildcards.table)]
 
 
-# Rerun triggers: everything a stage depends on, resolved by bcd.params (the same key paths are the
-# stage's `params:` in dvc.yaml). Canonical JSON, so reordering keys in a YAML file changes nothing.
-def _canonical(value):
-    return json.dumps(value, sort_keys=True)
+# Rerun triggers: everything a stage depends on, resolved by bcd.specrecord.stage_spec (the same
+# settings each stage command records beside its outputs; the same key paths are the stage's
+# `params:` in dvc.yaml). Canonical JSON, so reordering keys in a YAML file changes nothing.
+from bcd import specrecord
 
 
-def data_spec(wildcards):
-    return _canonical(P.data_spec(CFG, getattr(wildcards, "dataset", None)))
+def _stage(wildcards):
+    """(name, seed) of a job's stage from its wildcards (None where the kind has none)."""
+    name = next((getattr(wildcards, k) for k in ("dataset", "teacher", "run", "table")
+                 if hasattr(wildcards, k)), None)
+    return name, getattr(wildcards, "seed", None)
 
 
-def teacher_spec(wildcards):
-    return _canonical(P.resolve_teacher(CFG, wildcards.teacher))
-
-
-def run_spec(wildcards):
-    return _canonical(P.resolve_run(CFG, wildcards.run))
-
-
-def evaluate_teacher_spec(wildcards):
-    return _canonical(P.resolve_evaluate(CFG, teacher=wildcards.teacher))
-
-
-def evaluate_run_spec(wildcards):
-    return _canonical(P.resolve_evaluate(CFG, run=wildcards.run))
-
-
-def table_spec(wildcards):
-    return _canonical(P.resolve_table(CFG, wildcards.table))
+def stage_params(kind):
+    """`params:` function of a kind of stage: its spec as canonical JSON."""
+    return lambda wildcards: json.dumps(specrecord.stage_spec(CFG, kind, *_stage(wildcards)),
+                                        sort_keys=True)
 
 
 def spec_changed(kind):
     """Input function: a stamp newer than the outputs when they were made (by any tool: DVC, a
     plain command, Snakemake) with other settings than the current ones (bcd.specrecord).
     Snakemake's own params trigger sees only the outputs it built itself."""
-    from bcd import specrecord
-
-    def stamp(wildcards):
-        name = next((getattr(wildcards, k) for k in ("dataset", "teacher", "run", "table")
-                     if hasattr(wildcards, k)), None)
-        return specrecord.stale_stamp(CFG, kind, name, getattr(wildcards, "seed", None))
-
-    return stamp
-
-
-def figures_spec(wildcards):
-    return _canonical(P.resolve_figures(CFG))
+    return lambda wildcards: specrecord.stale_stamp(CFG, kind, *_stage(wildcards))
 
 
 # The figures stage's files (only with a `figures` section in the params that resolves).

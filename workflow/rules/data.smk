@@ -5,7 +5,7 @@ rule data:
     output:
         directory(DATA),
     params:
-        spec=data_spec,  # rerun trigger
+        spec=stage_params("data"),  # rerun trigger
     log:
         log_file("data"),
     benchmark:
@@ -26,7 +26,7 @@ rule dataset:
     output:
         directory(dataset_dir()),
     params:
-        spec=data_spec,  # rerun trigger
+        spec=stage_params("data"),  # rerun trigger
     log:
         log_file("data", "{dataset}"),
     benchmark:

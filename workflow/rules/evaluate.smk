@@ -8,7 +8,7 @@ rule evaluate_teacher:
         update(teacher_file("metrics")),  # kept if the job fails (tables.smk)
         update(teacher_file("summary")),  # its headline numbers (DVC's metrics file)
     params:
-        spec=evaluate_teacher_spec,  # rerun trigger
+        spec=stage_params("evaluate-teacher"),  # rerun trigger
     log:
         log_file("evaluate-teacher", "{teacher}"),
     benchmark:
@@ -30,7 +30,7 @@ rule evaluate:
         update(run_file("metrics")),  # kept if the job fails (tables.smk)
         update(run_file("summary")),  # its headline numbers (DVC's metrics file)
     params:
-        spec=evaluate_run_spec,  # rerun trigger
+        spec=stage_params("evaluate"),  # rerun trigger
     log:
         log_file("evaluate", "{run}", "{seed}"),
     benchmark:

@@ -17,7 +17,7 @@ if FIGURES:
             png=[update(report(f, category="Figures")) for f in figure_files("png")],
             other=[update(f) for f in P.figures_outputs(CFG) if f not in figure_files("png")],
         params:
-            spec=figures_spec,  # rerun trigger
+            spec=stage_params("figures"),  # rerun trigger
         log:
             log_file("figures"),
         benchmark:

@@ -9,7 +9,7 @@ rule table:
         csv=update(report(table_file("csv"), category="Tables")),
         tex=update(table_file("tex")),
     params:
-        spec=table_spec,  # rerun trigger
+        spec=stage_params("table"),  # rerun trigger
     log:
         log_file("table", "{table}"),
     benchmark:

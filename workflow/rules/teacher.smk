@@ -7,7 +7,7 @@ rule teacher:
         model=teacher_file("model"),
         train_log=teacher_file("train_log"),
     params:
-        spec=teacher_spec,  # rerun trigger
+        spec=stage_params("teacher"),  # rerun trigger
     log:
         log_file("teacher", "{teacher}"),
     benchmark:

@@ -9,7 +9,7 @@ rule train:
         train_log=run_file("train_log"),
         distill_heads=run_file("distill_heads"),  # the distiller's state (empty without KD)
     params:
-        spec=run_spec,  # rerun trigger: only the runs that use a changed value
+        spec=stage_params("train"),  # rerun trigger: only the runs that use a changed value
     log:
         log_file("train", "{run}", "{seed}"),
     benchmark:

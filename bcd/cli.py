@@ -122,6 +122,12 @@ def _dvc_yaml(args) -> None:
     dvcfile.main_dvc_yaml(args)
 
 
+def _serve(args) -> None:
+    from bcd import warm
+
+    warm.serve(args.socket, parent=args.parent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bcd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("check-params", lambda a: P.main_check(a), "validate params and print a summary")
     cmd("dvc-yaml", _dvc_yaml, "write dvc.yaml from the params").add_argument(
         "--out", default="dvc.yaml", help="where to write it (default dvc.yaml)")
+    p = sub.add_parser("serve", help="warm-start server: import the stack once, fork a child per "
+                                     "stage command whose BCD_WARM_SOCKET names it (bcd.warm)")
+    p.add_argument("--socket", required=True, help="the AF_UNIX socket path to listen on")
+    p.add_argument("--parent", type=int, help="exit when this process (the starter) exits")
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -37,6 +37,37 @@ onstart:
         toollock.hold_dvc_lock(".")
     except toollock.ToolLockError as err:
         raise WorkflowError(str(err)) from None
+    global WARM
+    if warm_start_wanted():
+        from bcd import warm
+
+        WARM = warm.start(".snakemake/log/bcd-warm-start.log")
+
+
+# Warm start (bcd.warm): the jobs of a local CPU run fork from one process that has imported
+# torch and OpenMMLab once (~6.5 s saved per job); BCD_WARM_START=0 turns it off. Off on
+# clusters (each job runs elsewhere) and with GPUs (a CUDA context does not survive fork).
+WARM = None
+
+
+def warm_start_wanted():
+    return (workflow.local_exec and not workflow.dryrun
+            and os.environ.get("BCD_WARM_START", "1") != "0"
+            and not any(P.lookup(CFG, "resources", kind)["gpus"] for kind in P.RESOURCE_KINDS))
+
+
+def stop_warm_start():
+    from bcd import warm
+
+    warm.stop(WARM)
+
+
+onsuccess:
+    stop_warm_start()
+
+
+onerror:
+    stop_warm_start()
 
 
 PY = shlex.quote(sys.executable)  # the interpreter running Snakemake, i.e. the project's venv

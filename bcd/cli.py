@@ -125,7 +125,7 @@ def _dvc_yaml(args) -> None:
 def _serve(args) -> None:
     from bcd import warm
 
-    warm.serve(args.socket, parent=args.parent)
+    warm.serve(args.socket, main, parent=args.parent)
 
 
 def build_parser() -> argparse.ArgumentParser:

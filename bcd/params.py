@@ -9,7 +9,7 @@ Validation rejects a bad file before any work starts, with the file and the key 
 
     params/default.yaml: methods.bd.loss_weight: -1.0 is less than the minimum of 0
 
-Stage names (the same in ``dvc.yaml`` and in Snakemake's benchmark files)::
+Stage names (the same in ``dvc.yaml`` and in Snakemake's log files)::
 
     data, data-<dataset>, teacher-<teacher>, evaluate-teacher-<teacher>, train-<run>-seed<S>,
     evaluate-<run>-seed<S>, table-<table>, figures
@@ -41,7 +41,7 @@ from bcd.reference import paper_reference_errors
 SCHEMA_FILE = Path(__file__).parent / "schema" / "params.schema.yaml"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 #: Folders under ``paths.runs`` that are not runs.
-RESERVED_RUN_NAMES = ("teachers", "benchmarks", "logs")
+RESERVED_RUN_NAMES = ("teachers", "logs")
 
 # Code each kind of stage depends on: files relative to the repository root, computed from the
 # import graph of the stage's command (bcd.codedeps), for dvc.yaml ``deps`` and the Snakefile's
@@ -69,8 +69,9 @@ class ParamsError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Loading and merging
 # ----------------------------------------------------------------------------------------------
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one silently)."""
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """SafeLoader (libyaml's parser where PyYAML has it: ~10x faster) that refuses duplicate
+    keys (plain YAML keeps the last one silently)."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -685,11 +686,6 @@ def figures_outputs(cfg) -> list[str]:
     for run in figures_runs(cfg):
         out += [str(p) for p in curve_paths(cfg, run, figures_spec(cfg)["seed"]).values()]
     return out
-
-
-def benchmark_path(cfg, stage: str) -> Path:
-    """Snakemake's ``benchmark:`` file of a stage (named like the DVC stage)."""
-    return Path(cfg["paths"]["runs"]) / "benchmarks" / f"{stage}.tsv"
 
 
 def log_path(cfg, stage: str) -> Path:

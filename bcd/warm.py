@@ -40,7 +40,8 @@ _PKG = Path(__file__).resolve().parent
 _HEADER = struct.Struct("!I")
 #: modules a stage command may need: imported once by the server
 PRELOAD = ("bcd.cli", "bcd.mm", "bcd.train", "bcd.evaluate", "bcd.tables", "bcd.figures",
-           "bcd.specrecord", "mmengine.runner", "mmengine.analysis")
+           "bcd.specrecord", "mmengine.runner", "mmengine.analysis",
+           "torch._dynamo")  # imported by torch.optim's first optimizer
 
 
 class ServerGone(ConnectionError):
@@ -121,7 +122,7 @@ def _exit_status(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def _run_child(request: dict, stamp: dict, fds: list[int]) -> None:
+def _run_child(request: dict, stamp: dict, fds: list[int], run) -> None:
     """In the forked child: become the job (streams, directory, environment, argv) and run it."""
     os.setsid()  # its own process group: a kill of the job reaches what it starts
     for sig, handler in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGCHLD, signal.SIG_DFL),
@@ -137,13 +138,13 @@ def _run_child(request: dict, stamp: dict, fds: list[int]) -> None:
     argv = request["argv"]
     sys.argv = [sys.argv[0], *argv]
     if source_stamp() != stamp:  # bcd's code changed since the server imported it
+        print("bcd: the code changed since the warm-start server started: running in a fresh "
+              "process", file=sys.stderr, flush=True)
         os.execv(sys.executable, [sys.executable, "-m", "bcd", *argv])
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=stream.isatty())
     try:
-        from bcd.cli import main
-
-        code = main(argv)
+        code = run(argv)
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except BaseException:  # noqa: BLE001  (reported as a fresh process would)
@@ -156,7 +157,7 @@ def _run_child(request: dict, stamp: dict, fds: list[int]) -> None:
     os._exit(code)
 
 
-def _handle(conn, stamp: dict) -> None:
+def _handle(conn, stamp: dict, run) -> None:
     """In a forked handler: start the job's child, relay its exit status, kill it if the job
     goes away."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -169,10 +170,11 @@ def _handle(conn, stamp: dict) -> None:
             os._exit(1)
         body += more
     request = json.loads(body)
+    print(f"bcd warm-start: {' '.join(request['argv'])}", flush=True)
     pid = os.fork()
     if pid == 0:
         conn.close()
-        _run_child(request, stamp, fds)
+        _run_child(request, stamp, fds, run)
     for fd in fds:
         os.close(fd)
     while True:
@@ -198,14 +200,32 @@ def _alive(parent: int | None) -> bool:
     return parent is None or os.getppid() == parent
 
 
-def serve(path: str, parent: int | None = None, preload=PRELOAD) -> None:
-    """Import ``preload``, then fork a child per job connecting to ``path`` until ``parent``
-    (a pid) exits or the server is terminated. The socket is removed on the way out."""
+def _preload(names) -> None:
+    """Import ``names`` and what the registries would import lazily in every job, then move
+    everything to gc's permanent generation: a child's collections (mmengine and training
+    call ``gc.collect``) then skip the inherited objects, which also stay shared with the server
+    instead of being copied on the collector's writes."""
+    import gc
     import importlib
 
-    os.environ.pop(SOCKET_ENV, None)
-    for name in preload:
+    for name in names:
         importlib.import_module(name)
+    if "bcd.mm" in names:  # the registries' lazy imports (mmrazor's visualizer, hooks, ...)
+        from mmrazor.utils import register_all_modules as razor_modules
+        from mmseg.utils import register_all_modules as seg_modules
+
+        seg_modules(init_default_scope=False)
+        razor_modules(init_default_scope=False)
+    gc.collect()
+    gc.freeze()
+
+
+def serve(path: str, run, parent: int | None = None, preload=PRELOAD) -> None:
+    """Import ``preload``, then fork a child per job connecting to ``path`` that calls
+    ``run(argv)`` (:func:`bcd.cli.main`), until ``parent`` (a pid) exits or the server is
+    terminated. The socket is removed on the way out."""
+    os.environ.pop(SOCKET_ENV, None)
+    _preload(preload)
     stamp = source_stamp()
     Path(path).unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -226,7 +246,7 @@ def serve(path: str, parent: int | None = None, preload=PRELOAD) -> None:
             if os.fork() == 0:
                 server.close()
                 try:
-                    _handle(conn, stamp)
+                    _handle(conn, stamp, run)
                 finally:
                     os._exit(1)
             conn.close()

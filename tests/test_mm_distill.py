@@ -131,3 +131,27 @@ def test_distiller_builds_whatever_the_default_scope_left_by_an_earlier_runner()
         with DefaultScope.overwrite_default_scope(scope):
             distiller = MODELS.build(cfg)
         assert {"loss_bd", "loss_cd"} <= set(distiller.distill_losses)
+
+
+def test_a_frozen_teacher_runs_forward_only_with_the_losses_of_its_full_forward(teacher_ckpt):
+    """The frozen teacher runs mode="tensor" (no auxiliary head, no teacher losses): every
+    distillation term is what mmrazor's mode="loss" teacher forward gives, to the bit."""
+    methods = {**BCD, "kd": dict(type="PixelKDLoss", loss_weight=1.0, tau=1.0),
+               "cwd": dict(type="ChannelWiseDivergence", loss_weight=1.0, tau=1.0)}
+    inputs, samples = _batch()
+    torch.manual_seed(0)
+    algo = _algorithm(teacher_ckpt, methods)
+    assert "_teacher_forward" in str(algo.teacher.loss)
+    calls, aux = [], algo.teacher.auxiliary_head
+    forward = aux.forward  # mmseg's heads call self.forward directly (hooks would not see it)
+    aux.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    state = torch.get_rng_state()
+    fast = algo(inputs, samples, mode="loss")
+    assert not calls, "the frozen teacher ran its auxiliary head"
+    del algo.teacher.loss  # back to mmseg's EncoderDecoder.loss (the full forward)
+    torch.set_rng_state(state)
+    full = algo(inputs, samples, mode="loss")
+    assert calls, "the full forward runs the auxiliary head"
+    assert fast.keys() == full.keys() and any(k.startswith("distill.") for k in fast)
+    for key in fast:
+        assert torch.equal(fast[key], full[key]), key

@@ -54,14 +54,14 @@ def dry_run(*args: str) -> str:
 
 
 def planned_jobs(text: str) -> list[dict]:
-    """One dict per planned job: rule, benchmark, threads (1 when not printed), resources."""
+    """One dict per planned job: rule, log, threads (1 when not printed), resources."""
     jobs, job = [], None
     for line in text.splitlines():
         head = re.match(r"^(?:local)?rule (\w+):$", line)
         if head:
             job = {"rule": head.group(1), "threads": 1, "resources": {}}
             jobs.append(job)
-        elif job is not None and (m := re.match(r"^\s+(benchmark|threads): (.*)$", line)):
+        elif job is not None and (m := re.match(r"^\s+(log|threads): (.*)$", line)):
             job[m.group(1)] = int(m.group(2)) if m.group(1) == "threads" else m.group(2)
         elif job is not None and (m := re.match(r"^\s+resources: (.*)$", line)):
             job["resources"] = dict(re.findall(r"(\w+)=([^,]*)", m.group(1)))
@@ -77,7 +77,7 @@ def expected(cfg, kind: str) -> dict[str, str]:
 def check_plan(jobs: list[dict], cfg) -> None:
     stages = {s.name for s in P.stages(cfg)}
     work = [j for j in jobs if j["rule"] != "all"]
-    assert {Path(j["benchmark"]).stem for j in work} == stages  # every stage, once
+    assert {Path(j["log"]).stem for j in work} == stages  # every stage, once
     assert len(work) == len(stages)
     for job in work:
         kind = KIND[job["rule"]]

@@ -2,7 +2,7 @@
 committed dvc.yaml is current, and both tools rerun exactly the stages a params change affects.
 
 Snakemake's plan is read from ``snakemake --dry-run --forceall --printshellcmds`` (one block per
-job: ``rule``, ``input:``, ``output:``, ``log:``, ``benchmark:``, ``Shell command:``); benchmark
+job: ``rule``, ``input:``, ``output:``, ``log:``, ``Shell command:``); log
 files are named after the DVC stage, which pairs each job with its stage. The parse is checked against the
 job count Snakemake prints, so a format change fails loudly instead of comparing nothing.
 """
@@ -48,7 +48,7 @@ def _norm(cmd: str) -> str:
 
 
 def parse_plan(text: str) -> dict[str, dict]:
-    """Jobs of a Snakemake dry-run by stage name (the benchmark file's name)."""
+    """Jobs of a Snakemake dry-run by stage name (the log file's name)."""
     jobs, job = [], None
     for line in text.splitlines():
         head = re.match(r"^(?:local)?rule (\w+):$", line)
@@ -56,7 +56,7 @@ def parse_plan(text: str) -> dict[str, dict]:
             job = {"rule": head.group(1)}
             jobs.append(job)
             continue
-        field = re.match(r"^\s+(input|output|log|benchmark): (.*)$", line)
+        field = re.match(r"^\s+(input|output|log): (.*)$", line)
         if job is not None and field:
             # "path (update)": Snakemake's mark of an update() output
             job[field.group(1)] = field.group(2).replace(" (update)", "")
@@ -68,8 +68,8 @@ def parse_plan(text: str) -> dict[str, dict]:
     for job in jobs:
         if job["rule"] == "all":
             continue
-        assert "benchmark" in job and "shell" in job, job
-        out[Path(job["benchmark"]).stem] = job
+        assert "log" in job and "shell" in job, job
+        out[Path(job["log"]).stem] = job
     return out
 
 

@@ -70,6 +70,12 @@ class PairedTeacherDistill(SingleTeacherDistill):
         with preserved_rng():
             super().__init__(architecture=architecture, **kwargs)
         self._teacher_eval()
+        if not self.teacher_trainable:
+            # mmrazor runs a frozen teacher with mode="loss" only for its recorders; its losses
+            # are discarded. The "tensor" forward runs the same modules the recorders tap
+            # (backbone, decode head) without the auxiliary head, the resized logits' CE and
+            # the accuracy: same recorded values, less work.
+            self.teacher.loss = self._teacher_forward
 
     def init_weights(self) -> None:
         if not self.student.is_init:
@@ -85,6 +91,10 @@ class PairedTeacherDistill(SingleTeacherDistill):
         super().train(mode)
         self._teacher_eval()
         return self
+
+    def _teacher_forward(self, inputs, data_samples=None) -> dict:
+        self.teacher(inputs, data_samples, mode="tensor")
+        return {}
 
     def loss(self, batch_inputs, data_samples=None):
         self._teacher_eval()  # whatever set modules of the teacher to training since train()

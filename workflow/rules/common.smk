@@ -109,11 +109,6 @@ def table_file(key):
     return str(P.table_paths(CFG, "{table}")[key])
 
 
-def benchmark_file(kind, *names):
-    """Benchmark file of a stage, named like its DVC stage (e.g. train-{run}-seed{seed})."""
-    return str(P.benchmark_path(CFG, P.stage_name(kind, *names)))
-
-
 def log_file(kind, *names):
     """Log file of a stage (stdout and stderr), named like its DVC stage."""
     return str(P.log_path(CFG, P.stage_name(kind, *names)))

@@ -8,8 +8,6 @@ rule data:
         spec=stage_params("data"),  # rerun trigger
     log:
         log_file("data"),
-    benchmark:
-        benchmark_file("data")
     threads: rule_threads("data")
     resources:
         **rule_resources("data"),
@@ -29,8 +27,6 @@ rule dataset:
         spec=stage_params("data"),  # rerun trigger
     log:
         log_file("data", "{dataset}"),
-    benchmark:
-        benchmark_file("data", "{dataset}")
     threads: rule_threads("data")
     resources:
         **rule_resources("data"),

@@ -11,8 +11,6 @@ rule evaluate_teacher:
         spec=stage_params("evaluate-teacher"),  # rerun trigger
     log:
         log_file("evaluate-teacher", "{teacher}"),
-    benchmark:
-        benchmark_file("evaluate-teacher", "{teacher}")
     threads: rule_threads("evaluate")
     resources:
         **rule_resources("evaluate"),
@@ -33,8 +31,6 @@ rule evaluate:
         spec=stage_params("evaluate"),  # rerun trigger
     log:
         log_file("evaluate", "{run}", "{seed}"),
-    benchmark:
-        benchmark_file("evaluate", "{run}", "{seed}")
     threads: rule_threads("evaluate")
     resources:
         **rule_resources("evaluate"),

@@ -20,8 +20,6 @@ if FIGURES:
             spec=stage_params("figures"),  # rerun trigger
         log:
             log_file("figures"),
-        benchmark:
-            benchmark_file("figures")
         threads: rule_threads("figures")
         resources:
             **rule_resources("figures"),

@@ -12,8 +12,6 @@ rule table:
         spec=stage_params("table"),  # rerun trigger
     log:
         log_file("table", "{table}"),
-    benchmark:
-        benchmark_file("table", "{table}")
     threads: rule_threads("table")
     resources:
         **rule_resources("table"),

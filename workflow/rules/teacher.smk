@@ -10,8 +10,6 @@ rule teacher:
         spec=stage_params("teacher"),  # rerun trigger
     log:
         log_file("teacher", "{teacher}"),
-    benchmark:
-        benchmark_file("teacher", "{teacher}")
     threads: rule_threads("teacher")
     priority: 10  # the critical path: every distillation run waits for its teacher
     resources:

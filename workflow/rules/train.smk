@@ -12,8 +12,6 @@ rule train:
         spec=stage_params("train"),  # rerun trigger: only the runs that use a changed value
     log:
         log_file("train", "{run}", "{seed}"),
-    benchmark:
-        benchmark_file("train", "{run}", "{seed}")
     threads: rule_threads("train")
     resources:
         **rule_resources("train"),

@@ -15,6 +15,7 @@ each stage and checks that every ``bcd`` module it actually loaded is listed.
 from __future__ import annotations
 
 import ast
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -196,3 +197,43 @@ def record_imports(folder) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / f"{os.getpid()}.json").write_text(
         json.dumps({"argv": sys.argv[1:], "modules": loaded}))
+
+
+#: where the Snakefile keeps one digest file per kind of stage (:func:`write_digest`)
+DIGEST_DIR = Path(".snakemake") / "bcd-code"
+
+
+def write_digest(kind: str, files, folder: Path = DIGEST_DIR) -> Path:
+    """``folder/<kind>.json``: the sha256 of each of ``files`` (a stage kind's code), written
+    when missing or when that content differs, with the time of the newest of ``files``.
+
+    The Snakefile gives each job this one file as input instead of the ~60 code files, with the
+    same reruns: a job is older than its code exactly when it is older than the newest code
+    file (outputs built by DVC or plain commands before the digest existed stay current); a
+    file only touched, or edited back, reruns nothing (as in DVC). Snakemake's scheduler looks
+    at every input of every ready job whenever a job ends: ~60x fewer inputs cut its share of
+    the main job from ~15 % of a core.
+    """
+    import hashlib
+    import json
+
+    digest = {}
+    for name in sorted(files):
+        h = hashlib.sha256()
+        with open(name, "rb") as fh:
+            h.update(fh.read())
+        digest[str(name)] = h.hexdigest()
+    text = json.dumps({"kind": kind, "files": digest}, indent=1, sort_keys=True) + "\n"
+    path = Path(folder) / f"{kind}.json"
+    try:
+        if path.read_text() == text:
+            return path
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    newest = max((os.stat(name).st_mtime for name in digest), default=0.0)
+    os.utime(tmp, (newest, newest))
+    os.replace(tmp, path)
+    return path

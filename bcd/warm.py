@@ -13,8 +13,8 @@ the weights and metrics of both, bit for bit).
   process or ``BCD_RECORD_IMPORTS`` (the import-graph tests), the command runs in its own
   process as before.
 - Code edited after the server started is never run stale: the child compares every file under
-  ``bcd/`` with what the server saw and, on any difference, replaces itself with a fresh
-  ``python -m bcd`` (``os.execv``).
+  ``bcd/`` with what the server saw and, on any difference (or a job from another checkout or
+  interpreter), replaces itself with a fresh ``python -m bcd`` (``os.execv``).
 - A killed job kills its child (the server watches the job's connection); the server exits
   with the process that started it (``--parent``).
 - CPU only: the Snakefile starts it for local execution without GPUs (a CUDA context does
@@ -91,8 +91,8 @@ def run_remote(argv: list[str]) -> int | None:
         conn.close()
         return None  # not started (yet), or gone: run here
     with conn:
-        request = json.dumps({"argv": list(argv), "cwd": os.getcwd(),
-                              "env": dict(os.environ)}).encode()
+        request = json.dumps({"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ),
+                              "package": str(_PKG), "executable": sys.executable}).encode()
         sys.stdout.flush()
         sys.stderr.flush()
         socket.send_fds(conn, [_HEADER.pack(len(request)) + request], [0, 1, 2])
@@ -137,10 +137,15 @@ def _run_child(request: dict, stamp: dict, fds: list[int], run) -> None:
     os.environ.pop(SOCKET_ENV, None)  # what this process starts runs on its own
     argv = request["argv"]
     sys.argv = [sys.argv[0], *argv]
-    if source_stamp() != stamp:  # bcd's code changed since the server imported it
-        print("bcd: the code changed since the warm-start server started: running in a fresh "
-              "process", file=sys.stderr, flush=True)
-        os.execv(sys.executable, [sys.executable, "-m", "bcd", *argv])
+    why = None
+    if request.get("package") != str(_PKG) or request.get("executable") != sys.executable:
+        why = "the job's bcd or Python is not the warm-start server's"
+    elif source_stamp() != stamp:
+        why = "the code changed since the warm-start server started"
+    if why:  # run the job's own code, as a fresh process would
+        print(f"bcd: {why}: running in a fresh process", file=sys.stderr, flush=True)
+        exe = request.get("executable") or sys.executable
+        os.execv(exe, [exe, "-m", "bcd", *argv])
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=stream.isatty())
     try:

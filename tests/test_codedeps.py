@@ -35,3 +35,22 @@ def test_complete_folders_are_written_as_folders():
     assert not any(f.startswith("bcd/mm/") for f in train)      # not the folder and its files
     assert set(P.code_files(str(C.ROOT / f) for f in train)) == {
         str(C.ROOT / f) for f in C.stage_files("train")}
+
+
+def test_the_code_digest_changes_with_content_and_carries_the_newest_code_time(tmp_path):
+    import json
+    import os
+
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    os.utime(a, (1000, 1000))
+    os.utime(b, (2000, 2000))
+    digest = C.write_digest("train", [str(a), str(b)], folder=tmp_path / "d")
+    assert digest.stat().st_mtime == 2000  # the newest code file's time, not now
+    assert set(json.loads(digest.read_text())["files"]) == {str(a), str(b)}
+    os.utime(b, (3000, 3000))  # touched only: same content, the digest stays as it was
+    assert C.write_digest("train", [str(a), str(b)], folder=tmp_path / "d").stat().st_mtime == 2000
+    a.write_text("x = 3\n")  # edited: a new digest with the edit's time
+    os.utime(a, (4000, 4000))
+    assert C.write_digest("train", [str(a), str(b)], folder=tmp_path / "d").stat().st_mtime == 4000

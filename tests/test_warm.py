@@ -138,3 +138,10 @@ def test_without_a_reachable_server_the_command_runs_in_its_own_process(server, 
 def test_socket_paths_fit_af_unix_and_differ_per_key():
     a, b = warm.socket_path("1:/a"), warm.socket_path("2:/a")
     assert a != b and len(a.encode()) < 104
+
+
+def test_a_job_of_another_checkout_runs_its_own_code(server, tmp_path):
+    root, sock, env, _ = server
+    other = copy_project(tmp_path / "other", names=("bcd", "params"))
+    out = _run(BCD + ["check-params", *MICRO], cwd=other, env={**env, warm.SOCKET_ENV: sock})
+    assert "not the warm-start server's: running in a fresh process" in out.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bcd import dvcfile
+from bcd import codedeps, dvcfile
 from bcd import params as P
 
 pytest.importorskip("snakemake", reason="snakemake is installed by tools/setup_env.sh")
@@ -102,6 +102,12 @@ def assert_same_stages(plan: dict[str, dict], dvc: dict[str, dict]) -> None:
         # a stage whose outputs were made with other settings has a Snakemake-only stamp input
         # (bcd.specrecord; DVC compares its own dvc.lock)
         inputs = {i for i in job.get("input", "").split(", ") if not i.endswith(".spec-changed")}
+        # the code is one digest file per kind of stage (bcd.codedeps.write_digest), which names
+        # the files it stands for
+        digests = {i for i in inputs if i.startswith(str(codedeps.DIGEST_DIR))}
+        assert len(digests) == 1, (name, digests)
+        code = set(json.loads((ROOT / digests.pop()).read_text())["files"])
+        inputs = {i for i in inputs if not i.startswith(str(codedeps.DIGEST_DIR))} | code
         assert inputs - {""} == _expand(stage["deps"]), name
 
 

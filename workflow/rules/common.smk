@@ -6,6 +6,7 @@ import re
 import shlex
 import sys
 
+from bcd import codedeps
 from bcd import params as P
 
 
@@ -153,6 +154,13 @@ def stage_params(kind):
     """`params:` function of a kind of stage: its spec as canonical JSON."""
     return lambda wildcards: json.dumps(specrecord.stage_spec(CFG, kind, *_stage(wildcards)),
                                         sort_keys=True)
+
+
+def code_digest(kind):
+    """The one input that stands for the code a stage of ``kind`` runs (bcd.codedeps
+    .write_digest, rewritten here when that code's content changed): the files themselves are
+    in dvc.yaml's deps and in the digest."""
+    return str(codedeps.write_digest(kind, P.code_files(getattr(P, f"{kind.upper()}_CODE"))))
 
 
 def spec_changed(kind):

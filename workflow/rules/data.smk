@@ -1,6 +1,6 @@
 rule data:
     input:
-        code=P.code_files(P.DATA_CODE),
+        code=code_digest("data"),
         spec_changed=spec_changed("data"),
     output:
         directory(DATA),
@@ -19,7 +19,7 @@ rule data:
 # datasets in one matrix, e.g. params/paper.yaml): data-<key> -> {paths.data}/<key>.
 rule dataset:
     input:
-        code=P.code_files(P.DATA_CODE),
+        code=code_digest("data"),
         spec_changed=spec_changed("data"),
     output:
         directory(dataset_dir()),

@@ -2,7 +2,7 @@ rule evaluate_teacher:
     input:
         data=teacher_data,
         model=teacher_file("model"),
-        code=P.code_files(P.EVALUATE_CODE),
+        code=code_digest("evaluate"),
         spec_changed=spec_changed("evaluate-teacher"),
     output:
         update(teacher_file("metrics")),  # kept if the job fails (tables.smk)
@@ -22,7 +22,7 @@ rule evaluate:
     input:
         data=run_data,
         model=run_file("model"),
-        code=P.code_files(P.EVALUATE_CODE),
+        code=code_digest("evaluate"),
         spec_changed=spec_changed("evaluate"),
     output:
         update(run_file("metrics")),  # kept if the job fails (tables.smk)

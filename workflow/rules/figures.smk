@@ -10,7 +10,7 @@ if FIGURES:
             metrics=FIGURES_IN["metrics"],
             train_logs=FIGURES_IN["train_logs"],
             table=FIGURES_IN["table"],
-            code=P.code_files(P.FIGURES_CODE),
+            code=code_digest("figures"),
             spec_changed=spec_changed("figures"),
         output:
             # update(): the previous figures stay until the new ones are written (tables.smk)

@@ -1,7 +1,7 @@
 rule table:
     input:
         metrics=table_metrics,
-        code=P.code_files(P.TABLE_CODE),
+        code=code_digest("table"),
         spec_changed=spec_changed("table"),
     output:
         # update(): Snakemake keeps the previous table in place while the job runs and puts it

@@ -1,7 +1,7 @@
 rule teacher:
     input:
         data=teacher_data,
-        code=P.code_files(P.TEACHER_CODE),
+        code=code_digest("teacher"),
         spec_changed=spec_changed("teacher"),
     output:
         model=teacher_file("model"),

@@ -2,7 +2,7 @@ rule train:
     input:
         data=run_data,
         teacher=teacher_model,  # only for distillation runs
-        code=P.code_files(P.TRAIN_CODE),
+        code=code_digest("train"),
         spec_changed=spec_changed("train"),
     output:
         model=run_file("model"),

@@ -88,8 +88,15 @@ class PairedTeacherDistill(SingleTeacherDistill):
             self.teacher.eval()
 
     def train(self, mode: bool = True):
-        super().train(mode)
-        self._teacher_eval()
+        if self.teacher_trainable:
+            super().train(mode)
+            return self
+        # One pass over the modules (the training loop calls this every iteration): the
+        # student and the distiller take ``mode``, the frozen teacher is always in eval mode.
+        # mmrazor's version walked the teacher three times (train, its BatchNorms, eval).
+        self.training = mode
+        for child in self.children():
+            child.train(mode and child is not self.teacher)
         return self
 
     def _teacher_forward(self, inputs, data_samples=None) -> dict:

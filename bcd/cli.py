@@ -184,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("check-params", lambda a: P.main_check(a), "validate params and print a summary")
     cmd("dvc-yaml", _dvc_yaml, "write dvc.yaml from the params").add_argument(
         "--out", default="dvc.yaml", help="where to write it (default dvc.yaml)")
-    p = sub.add_parser("serve", help="warm-start server: import the stack once, fork a child per "
-                                     "stage command whose BCD_WARM_SOCKET names it (bcd.warm)")
+    serve_help = ("warm-start server: import the stack once, fork a child per stage command "
+                  "whose BCD_WARM_SOCKET names it (bcd.warm)")
+    p = sub.add_parser("serve", help=serve_help, description=serve_help)
     p.add_argument("--socket", required=True, help="the AF_UNIX socket path to listen on")
     p.add_argument("--parent", type=int, help="exit when this process (the starter) exits")
     p.set_defaults(func=_serve)

@@ -2,6 +2,7 @@
 relays its exit status and messages, dies with its job, and never runs code older than the
 files."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -145,3 +146,22 @@ def test_a_job_of_another_checkout_runs_its_own_code(server, tmp_path):
     other = copy_project(tmp_path / "other", names=("bcd", "params"))
     out = _run(BCD + ["check-params", *MICRO], cwd=other, env={**env, warm.SOCKET_ENV: sock})
     assert "not the warm-start server's: running in a fresh process" in out.stderr
+
+
+def test_a_local_snakemake_run_starts_the_server_runs_jobs_in_it_and_stops_it(tmp_path):
+    (tmp_path / "wf").mkdir()
+    root = copy_project(tmp_path / "wf")
+    env = {k: v for k, v in os.environ.items()
+           if k not in (warm.SOCKET_ENV, warm.SWITCH_ENV, "BCD_RECORD_IMPORTS")}
+    _run([sys.executable, "-m", "snakemake", "runs/micro/teachers/pspnet-r101/metrics.json",
+          "--cores", "2", "--configfile", "params/micro.yaml"], cwd=root, env=env)
+    log = (root / ".snakemake/log/bcd-warm-start.log").read_text()
+    assert "bcd warm-start server" in log
+    # the teacher's job may start before the server listens (it then runs on its own); its
+    # evaluation starts after the teacher's training, when the server has long been ready
+    assert "warm-start: evaluate" in log, log
+    sock = re.search(r" on (\S+\.sock) ", log).group(1)
+    deadline = time.time() + 10
+    while Path(sock).exists():  # the server stops with Snakemake and removes its socket
+        assert time.time() < deadline, "the server outlived Snakemake"
+        time.sleep(0.2)

@@ -54,6 +54,7 @@ WARM = None
 def warm_start_wanted():
     return (workflow.local_exec and not workflow.dryrun
             and os.environ.get("BCD_WARM_START", "1") != "0"
+            and not os.environ.get("BCD_RECORD_IMPORTS")  # the import-graph test: jobs run fresh
             and not any(P.lookup(CFG, "resources", kind)["gpus"] for kind in P.RESOURCE_KINDS))
 
 

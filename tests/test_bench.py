@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_device_check_runs_its_cpu_parts_and_lists_what_it_skipped(tmp_path):
     out = tmp_path / "device.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "bcd.bench", "device", "--cpu", "--json",
                            str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)

@@ -368,7 +368,7 @@ def test_extremes_are_all_reduced_across_ranks(tmp_path):
 # ----------------------------------------------------------------------------------------------
 def test_bench_context_smoke(tmp_path):
     out = tmp_path / "context.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
         [sys.executable, "-m", "bcd.bench", "context", "--sizes", "8", "--repeats", "1",
          "--warmup", "0", "--threads", "1", "--json", str(out)],
@@ -393,7 +393,7 @@ def test_bench_step_profile_times_every_reading(tmp_path):
         "            reduction: row, fused_channels: 64}\n"
         "runs:\n"
         "  r18-cdh: {student: pspnet-r18, teacher: pspnet-r101, distill: [cd-head]}\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     for run, terms in (("r18-bd", ["loss_bd"]), ("r18-cdh", ["loss_cd-head"])):
         proc = subprocess.run(
             [sys.executable, "-m", "bcd.bench", "step", "--params", "params/default.yaml",

@@ -17,7 +17,8 @@ def test_imports_inside_functions_count():
 def test_every_stage_depends_on_the_params_module_and_its_own_command():
     for kind, mods in C.STAGE_MODULES.items():
         files = P.code_files(str(C.ROOT / f) for f in C.stage_code(kind))
-        for need in ("bcd/params.py", "bcd/cli.py", "bcd/__main__.py", "bcd/codedeps.py",
+        for need in ("bcd/params/__init__.py", "bcd/params/validate.py", "bcd/cli.py",
+                     "bcd/__main__.py", "bcd/codedeps.py",
                      *(C.module_path(m).relative_to(C.ROOT).as_posix() for m in mods)):
             assert str(C.ROOT / need) in files, (kind, need)
 

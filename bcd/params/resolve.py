@@ -1,0 +1,218 @@
+"""Resolution: what one stage depends on, read out of the merged params (the run matrix, the
+data section of each dataset key, the resolved run/teacher/evaluation/table/figures settings and
+their DVC param key paths)."""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+from bcd.params.load import ParamsError, files_of, known_names
+
+
+def lookup(cfg, section: str, name: str) -> dict:
+    """``cfg[section][name]``, or a ParamsError naming the section's known names."""
+    try:
+        return cfg[section][name]
+    except KeyError:
+        raise ParamsError(f"{', '.join(files_of(cfg)) or 'params'}: {section}.{name}: not defined "
+                          f"({section}: {known_names(cfg.get(section, {}))})") from None
+
+
+DATASETS = ("shapes", "camvid")  # each has its own settings section under `data`
+
+
+def data_section(cfg, dataset: str | None = None) -> dict:
+    """The data section of a dataset key: the top-level ``data`` (None) or ``datasets.<key>``."""
+    if dataset is None:
+        return cfg["data"]
+    return lookup(cfg, "datasets", dataset)
+
+
+def data_spec(cfg, dataset: str | None = None) -> dict:
+    """The data settings a stage depends on: the shared keys and the chosen dataset's section
+    (the sections of other datasets are left out, so changing them reruns nothing), of the
+    top-level ``data`` or of ``datasets.<dataset>``."""
+    data = data_section(cfg, dataset)
+    return {k: copy.deepcopy(v) for k, v in data.items()
+            if k not in DATASETS or k == data["dataset"]}
+
+
+def data_keys(cfg, dataset: str | None = None) -> list[str]:
+    """Key paths of :func:`data_spec` (a stage's DVC ``params``)."""
+    prefix = "data" if dataset is None else f"datasets.{dataset}"
+    return [f"{prefix}.{k}" for k in data_spec(cfg, dataset)]
+
+
+def dataset_of(cfg, *, run: str | None = None, teacher: str | None = None) -> str | None:
+    """The dataset key of a run or teacher (``dataset``; None = the top-level ``data``)."""
+    if teacher is not None:
+        return lookup(cfg, "teachers", teacher).get("dataset")
+    return lookup(cfg, "runs", run).get("dataset")
+
+
+def table_dataset(cfg, name: str) -> str | None:
+    """A table's dataset: its teacher's (every row shares it, checked by the validation)."""
+    return dataset_of(cfg, teacher=lookup(cfg, "tables", name)["teacher"])
+
+
+def figures_dataset(cfg) -> str | None:
+    """The figures' dataset: their table's (None without a figures section)."""
+    fig = cfg.get("figures")
+    return table_dataset(cfg, fig["table"]) if fig else None
+
+
+def runs_used(cfg) -> list[str]:
+    """The runs some table needs, in the order of ``runs``: the workflow's run matrix (a run
+    no table lists is defined but not built, so a profile shrinks the DAG by its table rows)."""
+    used = {row["run"] for t in cfg["tables"].values() for row in t["rows"]}
+    return [r for r in cfg["runs"] if r in used]
+
+
+def teachers_used(cfg) -> list[str]:
+    used = [cfg["runs"][r]["teacher"] for r in runs_used(cfg)
+            if cfg["runs"][r].get("teacher") is not None]
+    used += [t["teacher"] for t in cfg["tables"].values()]
+    return [t for t in cfg["teachers"] if t in used]
+
+
+def datasets_used(cfg) -> list[str | None]:
+    """The dataset keys the built stages use: None (the top-level ``data``) first, then the
+    ``datasets`` keys in their order."""
+    used = {cfg["teachers"][t].get("dataset") for t in teachers_used(cfg)}
+    used |= {cfg["runs"][r].get("dataset") for r in runs_used(cfg)}
+    return [k for k in (None, *(cfg.get("datasets") or {})) if k in used]
+
+
+def draws_boundary(cfg, run: str, teacher: str) -> bool:
+    spec = cfg["runs"].get(run, {})
+    return spec.get("teacher") == teacher and any(
+        cfg["methods"].get(m, {}).get("type") == "BoundaryDistillLoss"
+        for m in spec.get("distill", []))
+
+
+#: Defaults of the optional display keys of the ``figures`` section.
+FIGURES_DEFAULTS = {"num_images": 4, "select": "most_different", "boundary_images": 2}
+
+
+def figures_spec(cfg) -> dict | None:
+    """The ``figures`` section, resolved; None when there is none, or when a run it leaves unset
+    cannot be derived (then there is no figures stage, as a run no table lists is not built).
+
+    Unset keys: ``seed`` = the first of ``seeds``; ``student`` = the table's first row without
+    distillation; ``distilled`` = its last row with a BoundaryDistillLoss term from the table's
+    teacher; the display keys from :data:`FIGURES_DEFAULTS`.
+    """
+    fig = cfg.get("figures")
+    if fig is None:
+        return None
+    table = cfg["tables"][fig["table"]]
+    rows = [row["run"] for row in table["rows"]]
+    plain = [r for r in rows if not cfg["runs"][r].get("distill")]
+    boundary = [r for r in rows if draws_boundary(cfg, r, table["teacher"])]
+    spec = {**FIGURES_DEFAULTS, "seed": cfg["seeds"][0],
+            "student": plain[0] if plain else None,
+            "distilled": boundary[-1] if boundary else None, **fig}
+    return spec if spec["student"] and spec["distilled"] else None
+
+
+def resolve_teacher(cfg, name: str) -> dict:
+    """A teacher, fully resolved: ``name, model_name, model`` (the model spec), ``seed``,
+    ``train`` (train.teacher) and ``data``. Keys: :func:`param_keys_for_teacher`."""
+    spec = lookup(cfg, "teachers", name)
+    return {
+        "name": name,
+        "model_name": spec["model"],
+        "model": copy.deepcopy(lookup(cfg, "models", spec["model"])),
+        "seed": spec["seed"],
+        "train": copy.deepcopy(cfg["train"]["teacher"]),
+        "data": data_spec(cfg, spec.get("dataset")),
+    }
+
+
+def resolve_run(cfg, run: str) -> dict:
+    """A student run, fully resolved (seeds aside): what the training code reads, and what
+    Snakemake compares to decide a rerun. Keys: :func:`param_keys_for_run`.
+
+    ``{"name", "student": {"model_name", "model"}, "teacher": None | {"name", "model_name",
+    "model", "seed", "train"}, "methods": {name: settings}, "weight_decay_schedule", "train",
+    "data"}``
+    """
+    spec = lookup(cfg, "runs", run)
+    teacher = None
+    if spec.get("teacher") is not None:
+        teacher = resolve_teacher(cfg, spec["teacher"])
+        del teacher["data"]
+    return {
+        "name": run,
+        "student": {"model_name": spec["student"],
+                    "model": copy.deepcopy(lookup(cfg, "models", spec["student"]))},
+        "teacher": teacher,
+        "methods": {m: copy.deepcopy(lookup(cfg, "methods", m)) for m in spec.get("distill", [])},
+        "weight_decay_schedule": bool(spec.get("weight_decay_schedule", False)),
+        "train": copy.deepcopy(cfg["train"]["student"]),
+        "data": data_spec(cfg, spec.get("dataset")),
+    }
+
+
+def resolve_evaluate(cfg, *, run: str | None = None, teacher: str | None = None) -> dict:
+    """What an evaluation depends on besides the weights: the model spec and the data."""
+    ev = copy.deepcopy(cfg.get("evaluation") or {})
+    data = data_spec(cfg, dataset_of(cfg, run=run, teacher=teacher))
+    if teacher is not None:
+        return {"model": resolve_teacher(cfg, teacher)["model"], "data": data, "evaluation": ev}
+    return {"model": resolve_run(cfg, run)["student"]["model"], "data": data, "evaluation": ev}
+
+
+def resolve_table(cfg, name: str) -> dict:
+    return {"table": copy.deepcopy(lookup(cfg, "tables", name)), "seeds": list(cfg["seeds"])}
+
+
+def bpkd_methods(cfg) -> list[str]:
+    """Methods of type BPKDLoss (the boundary figure draws BPKD's edge mask with the first)."""
+    return [m for m, spec in cfg["methods"].items() if spec["type"] == "BPKDLoss"]
+
+
+def resolve_figures(cfg) -> dict:
+    """What the figures depend on besides their input files: the resolved figures section, the
+    data settings (split, palette) and BPKD's edge settings."""
+    bpkd = bpkd_methods(cfg)
+    return {"figures": figures_spec(cfg), "data": data_spec(cfg, figures_dataset(cfg)),
+            "bpkd": copy.deepcopy(cfg["methods"][bpkd[0]]) if bpkd else None}
+
+
+def unique(keys: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(keys))
+
+
+def param_keys_for_teacher(cfg, name: str) -> list[str]:
+    spec = lookup(cfg, "teachers", name)
+    return unique([f"teachers.{name}", f"models.{spec['model']}", "train.teacher",
+                    *data_keys(cfg, spec.get("dataset"))])
+
+
+def param_keys_for_run(cfg, run: str) -> list[str]:
+    spec = lookup(cfg, "runs", run)
+    keys = [f"runs.{run}", f"models.{spec['student']}", "train.student",
+            *data_keys(cfg, spec.get("dataset"))]
+    if spec.get("teacher") is not None:
+        keys += param_keys_for_teacher(cfg, spec["teacher"])
+    keys += [f"methods.{m}" for m in spec.get("distill", [])]
+    return unique(keys)
+
+
+def param_keys_for_evaluate(cfg, *, run: str | None = None, teacher: str | None = None):
+    ev = ["evaluation"] if "evaluation" in cfg else []
+    data = data_keys(cfg, dataset_of(cfg, run=run, teacher=teacher))
+    if teacher is not None:
+        return [f"models.{lookup(cfg, 'teachers', teacher)['model']}", *data, *ev]
+    return [f"models.{lookup(cfg, 'runs', run)['student']}", *data, *ev]
+
+
+def param_keys_for_table(cfg, name: str) -> list[str]:
+    lookup(cfg, "tables", name)
+    return [f"tables.{name}", "seeds"]
+
+
+def param_keys_for_figures(cfg) -> list[str]:
+    return unique(["figures", *data_keys(cfg, figures_dataset(cfg)),
+                    *[f"methods.{m}" for m in bpkd_methods(cfg)[:1]]])

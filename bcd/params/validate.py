@@ -1,0 +1,466 @@
+"""Loading with validation: the JSON schema (``bcd/schema/params.schema.yaml``) and the rules it
+cannot express (cross-references, per-architecture keys, dataset crops, the figures section).
+A bad file is refused before any work starts, with the file and the key path::
+
+    params/default.yaml: methods.bd.loss_weight: -1.0 is less than the minimum of 0
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
+from bcd.params.load import ParamsError, deep_merge, known_names, read_params_file
+from bcd.params.resolve import datasets_used, draws_boundary, runs_used, teachers_used
+from bcd.reference import paper_reference_errors
+
+
+SCHEMA_FILE = Path(__file__).parents[1] / "schema" / "params.schema.yaml"
+
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+#: Folders under ``paths.runs`` that are not runs.
+RESERVED_RUN_NAMES = ("teachers", "logs")
+
+
+def _as_file_list(files) -> list[str]:
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    files = [str(f) for f in files]
+    if not files:
+        raise ParamsError("no params file given (use --params FILE)")
+    return files
+
+
+def load_params(files: Sequence[str | os.PathLike] | str | os.PathLike) -> dict:
+    """Read, merge (in order) and validate params files.
+
+    Returns the merged dict plus ``cfg["_files"]``, the list of files (see :func:`files_of`).
+    Raises :class:`ParamsError` naming the file and the key path of each problem.
+    """
+    files = _as_file_list(files)
+    layers = [(f, read_params_file(f)) for f in files]
+    merged: dict = {}
+    for _, data in layers:
+        merged = deep_merge(merged, data)
+    return _checked(merged, layers)
+
+
+def validate_config(config: Mapping, files: Sequence[str | os.PathLike]) -> dict:
+    """Validate an already merged config (Snakemake's ``config``) that came from ``files``.
+
+    Same checks and messages as :func:`load_params`; the files are re-read to name the file that
+    set an offending key, and to make sure ``config`` is exactly their merge (a value given with
+    Snakemake's ``--config`` would not reach the ``python -m bcd`` commands). Returns the config
+    with ``_files``.
+    """
+    files = _as_file_list(files)
+    layers = [(f, read_params_file(f)) for f in files]
+    merged: dict = {}
+    for _, data in layers:
+        merged = deep_merge(merged, data)
+    config = {k: v for k, v in dict(config).items() if k != "_files"}
+    diff = _first_difference(_plain(merged), _plain(config))
+    if diff is not None:
+        raise ParamsError(
+            f"{keypath(diff)}: the workflow's config differs from the merge of {files}; "
+            "the `python -m bcd` commands read only params files, so put overrides in an overlay "
+            "file and pass it with --configfile (not --config)")
+    return _checked(merged, layers)
+
+
+def _plain(obj):
+    """Plain dicts/lists (Snakemake may hand over OrderedDicts)."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _first_difference(a, b, path=()):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if key not in a or key not in b:
+                return path + (key,)
+            sub = _first_difference(a[key], b[key], path + (key,))
+            if sub is not None:
+                return sub
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            sub = _first_difference(x, y, path + (i,))
+            if sub is not None:
+                return sub
+        return None
+    same = (a == b and type(a) is type(b)) or (
+        isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    return None if same else path
+
+
+def keypath(path: Iterable) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def defines(data, path) -> bool:
+    node = data
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return False
+        elif not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def file_for(path: Sequence, layers: Sequence[tuple[str, Any]]) -> str:
+    """The file to blame for ``path``: the last file that defines it, else the last file that
+    defines its longest defined prefix, else the first file."""
+    for n in range(len(path), 0, -1):
+        for name, data in reversed(layers):
+            if defines(data, path[:n]):
+                return name
+    return layers[0][0]
+
+
+_VALIDATOR = None
+
+
+def schema() -> dict:
+    with open(SCHEMA_FILE, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _validator():
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        import jsonschema
+
+        _VALIDATOR = jsonschema.Draft202012Validator(schema())
+    return _VALIDATOR
+
+
+def _schema_errors(cfg) -> list[tuple[tuple, str]]:
+    out = []
+    for err in _validator().iter_errors(cfg):
+        path = tuple(err.absolute_path)
+        kind = err.validator
+        if "propertyNames" in err.absolute_schema_path:
+            out.append((path + (err.instance,),
+                        f"invalid name {err.instance!r}: names must match {NAME_PATTERN} "
+                        "(lower case letters, digits, '-' and '_'; no dots: names are DVC param "
+                        "key paths)"))
+        elif kind == "additionalProperties" and err.validator_value is False:
+            allowed = sorted(err.schema.get("properties", {}))
+            for key in sorted(set(err.instance) - set(allowed), key=str):
+                out.append((path + (key,), f"unknown key {key!r} (allowed here: "
+                                           f"{', '.join(allowed)})"))
+        elif kind == "required":
+            for key in err.validator_value:
+                if key not in err.instance:
+                    out.append((path + (key,), "missing (required)"))
+        elif kind == "pattern" and err.schema.get("description"):
+            out.append((path, f"{err.instance!r} is not {err.schema['description']}"))
+        elif kind == "minProperties" and err.validator_value == 1:
+            out.append((path, "must not be empty"))
+        elif kind == "anyOf" and err.schema.get("description"):
+            out.append((path, f"{err.instance!r} is not valid: expected "
+                              f"{' '.join(err.schema['description'].split())}"))
+        else:
+            out.append((path, err.message))
+    return out
+
+
+def _finite_errors(node, path=()) -> list[tuple[tuple, str]]:
+    if isinstance(node, float) and not math.isfinite(node):
+        return [(path, f"{node} is not a finite number")]
+    if isinstance(node, Mapping):
+        return [e for k, v in node.items() for e in _finite_errors(v, path + (k,))]
+    if isinstance(node, list):
+        return [e for i, v in enumerate(node) for e in _finite_errors(v, path + (i,))]
+    return []
+
+
+def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
+    """Cross-references and rules the JSON schema cannot express."""
+    out = []
+    models, teachers, methods = cfg["models"], cfg["teachers"], cfg["methods"]
+    runs, tables = cfg["runs"], cfg["tables"]
+    for name, spec in models.items():
+        out += _model_errors(name, spec)
+    datasets = cfg.get("datasets") or {}
+    for name, spec in teachers.items():
+        if spec["model"] not in models:
+            out.append((("teachers", name, "model"),
+                        f"unknown model {spec['model']!r} (models: {known_names(models)})"))
+        if spec.get("dataset") is not None and spec["dataset"] not in datasets:
+            out.append((("teachers", name, "dataset"),
+                        f"unknown dataset {spec['dataset']!r} (datasets: {known_names(datasets)})"))
+    for name, spec in runs.items():
+        where = ("runs", name)
+        if name in RESERVED_RUN_NAMES:
+            out.append((where, f"{name!r} is reserved (a folder of paths.runs); rename the run"))
+        if spec["student"] not in models:
+            out.append((where + ("student",),
+                        f"unknown model {spec['student']!r} (models: {known_names(models)})"))
+        teacher, distill = spec.get("teacher"), spec.get("distill", [])
+        if teacher is not None and teacher not in teachers:
+            out.append((where + ("teacher",),
+                        f"unknown teacher {teacher!r} (teachers: {known_names(teachers)})"))
+        for i, method in enumerate(distill):
+            if method not in methods:
+                out.append((where + ("distill", i),
+                            f"unknown method {method!r} (methods: {known_names(methods)})"))
+        if distill and teacher is None:
+            out.append((where + ("distill",),
+                        f"distillation needs a teacher: set runs.{name}.teacher"))
+        shared = {m: methods[m] for m in distill
+                  if methods.get(m, {}).get("type") in ("BoundaryDistillLoss", "ContextDistillLoss")}
+        for key, default in (("fused_channels", 256), ("teacher_fusion_seed", "run")):
+            values = {m: settings.get(key, default) for m, settings in shared.items()}
+            if len(set(values.values())) > 1:
+                out.append((where + ("distill",),
+                            f"BD and CD share one hierarchical connector, but their {key} "
+                            f"differ: {values}"))
+        if teacher is not None and not distill:
+            out.append((where + ("teacher",),
+                        f"a teacher but no distill methods: set runs.{name}.distill or drop "
+                        "the teacher"))
+        if spec.get("weight_decay_schedule") and not distill:
+            out.append((where + ("weight_decay_schedule",),
+                        "the loss-weight decay r(t) needs distill methods"))
+        own = spec.get("dataset")
+        if own is not None and own not in datasets:
+            out.append((where + ("dataset",),
+                        f"unknown dataset {own!r} (datasets: {known_names(datasets)})"))
+        elif teacher in teachers and teachers[teacher].get("dataset") in (None, *datasets):
+            theirs = teachers[teacher].get("dataset")
+            if theirs != own:
+                out.append((where + ("dataset",),
+                            f"run {name!r} trains on {_dataset_label(own)} but its teacher "
+                            f"{teacher!r} on {_dataset_label(theirs)}; a run is distilled on its "
+                            f"teacher's dataset: set runs.{name}.dataset to "
+                            f"{theirs if theirs is not None else '(nothing: the top-level data)'} "
+                            "or pick a teacher of that dataset"))
+    out += _data_section_errors(cfg["data"], ("data",))
+    for key, section in datasets.items():
+        out += _data_section_errors(section, ("datasets", key))
+    for name, table in tables.items():
+        where = ("tables", name)
+        if table["teacher"] not in teachers:
+            out.append((where + ("teacher",),
+                        f"unknown teacher {table['teacher']!r} (teachers: {known_names(teachers)})"))
+        seen = set()
+        for i, row in enumerate(table["rows"]):
+            if row["run"] not in runs:
+                out.append((where + ("rows", i, "run"),
+                            f"unknown run {row['run']!r} (runs: {known_names(runs)})"))
+            if row["run"] in seen:
+                out.append((where + ("rows", i, "run"), f"run {row['run']!r} listed twice"))
+            seen.add(row["run"])
+        for sub, message in paper_reference_errors(table):
+            out.append((where + tuple(sub), message))
+        out += _table_dataset_errors(cfg, name)
+    if "figures" in cfg:
+        out += _figures_errors(cfg)
+    if not out:
+        out += _data_folder_errors(cfg)
+    return out
+
+
+def _dataset_label(key) -> str:
+    return "the top-level data" if key is None else f"datasets.{key}"
+
+
+def _table_dataset_errors(cfg, name: str) -> list[tuple[tuple, str]]:
+    """A table's rows share one dataset and one teacher: its teacher's (the teacher row and the
+    gains compare runs on the same data, distilled from the same checkpoint)."""
+    table, runs, teachers = cfg["tables"][name], cfg["runs"], cfg["teachers"]
+    if table["teacher"] not in teachers:
+        return []
+    want = teachers[table["teacher"]].get("dataset")
+    out = []
+    for i, row in enumerate(table["rows"]):
+        spec = runs.get(row["run"])
+        if spec is None:
+            continue
+        where = ("tables", name, "rows", i, "run")
+        if spec.get("dataset") != want:
+            out.append((where, f"table {name!r} mixes datasets: row {i} (run {row['run']!r}) "
+                               f"trains on {_dataset_label(spec.get('dataset'))}, the table's "
+                               f"teacher {table['teacher']!r} on {_dataset_label(want)} (a "
+                               "table's rows share one dataset and teacher)"))
+        elif spec.get("teacher") not in (None, table["teacher"]):
+            out.append((where, f"table {name!r} mixes teachers: row {i} (run {row['run']!r}) is "
+                               f"distilled from {spec['teacher']!r}, the table's teacher is "
+                               f"{table['teacher']!r} (a table's rows share one dataset and "
+                               "teacher)"))
+    return out
+
+
+def _data_section_errors(data, where: tuple) -> list[tuple[tuple, str]]:
+    """Checks of one data section (``data`` or ``datasets.<key>``) the schema cannot express."""
+    out = []
+    shapes = data.get("shapes") or {}
+    if (data["dataset"] == "shapes" and shapes.get("eval_split", "test") == "test"
+            and not shapes.get("num_test")):
+        out.append((where + ("shapes", "num_test"),
+                    f"no test images (num_test {shapes.get('num_test', 'absent')}), but the "
+                    "tables report the test split (shapes.eval_split: test, the default): set "
+                    "num_test (params/default.yaml has 96), or report val with "
+                    "shapes.eval_split: val"))
+    if data["dataset"] == "camvid":
+        from bcd.data.camvid import SIZE
+
+        for key, have, most in (("height", data["height"], SIZE[1]),
+                                ("width", data.get("width") or data["height"], SIZE[0])):
+            if have > most:
+                out.append((where + (key,), f"crop {key} {have} is larger than the CamVid images "
+                                            f"({SIZE[0]}x{SIZE[1]}, WxH)"))
+    return out + _paper_data_errors(data, where)
+
+
+def _data_folder_errors(cfg) -> list[tuple[tuple, str]]:
+    """The top-level data stage writes ``paths.data``, the others ``{paths.data}/<key>``: both
+    at once would nest one stage's output in another's (refused by DVC and Snakemake)."""
+    used = datasets_used(cfg)
+    if None not in used or len(used) == 1:
+        return []
+    users = [f"runs.{r}" for r in runs_used(cfg) if cfg["runs"][r].get("dataset") is None]
+    users += [f"teachers.{t}" for t in teachers_used(cfg)
+              if cfg["teachers"][t].get("dataset") is None]
+    return [(("datasets",), f"the top-level data (its folder paths.data) and datasets "
+                            f"{', '.join(k for k in used if k is not None)} (folders "
+                            "{paths.data}/<key>) are both used: one data stage's folder would "
+                            f"hold the others'; give {', '.join(users[:4])}"
+                            f"{' ...' if len(users) > 4 else ''} a `dataset:` key, or move the "
+                            "top-level data into datasets")]
+
+
+#: heads that take a `backbone` key (the others have their own) and each one's backbone
+OWN_BACKBONE = {"segformer": "MiT-B0", "espnet": "ESPNet's encoder"}
+
+
+#: backbones with fixed widths whose `pretrained: imagenet` is an installed package's file
+LITE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
+
+#: the smallest `base_channels` each non-ResNet arch can build with (ESP modules split into 5)
+MIN_BASE_CHANNELS = {"espnet": 2}
+
+
+def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
+    """Keys that do not apply to a model's arch/backbone (the schema lists every key)."""
+    where, arch = ("models", name), spec["arch"]
+    if arch in UNAVAILABLE_ARCHS:
+        return [(where + ("arch",), UNAVAILABLE_ARCHS[arch])]
+    out = []
+    backbone = spec.get("backbone", "resnet") if arch in BACKBONE_ARCHS else None
+    if "backbone" in spec and arch not in BACKBONE_ARCHS:
+        out.append((where + ("backbone",), f"{arch} has its own backbone ({OWN_BACKBONE[arch]}); "
+                                           f"`backbone` applies to {', '.join(BACKBONE_ARCHS)}"))
+    if "depth" in spec and backbone != "resnet":
+        out.append((where + ("depth",), f"depth is a ResNet setting; {describe_model(spec)} has "
+                                        "none (drop it)"))
+    if "aspp_dilations" in spec and arch != "deeplabv3plus":
+        out.append((where + ("aspp_dilations",), f"aspp_dilations applies to deeplabv3plus, "
+                                                 f"not {arch}"))
+    lite = backbone is not None and backbone in LITE_BACKBONES
+    if "base_channels" in spec and lite:
+        out.append((where + ("base_channels",), f"{backbone} has the fixed widths of its "
+                                                "ImageNet weights; drop base_channels"))
+    if "output_stride" in spec and not lite:
+        out.append((where + ("output_stride",), f"output_stride applies to the "
+                                                f"{', '.join(LITE_BACKBONES)} backbones, not "
+                                                f"{describe_model(spec)}"))
+    if spec.get("pretrained") == "imagenet" and not lite:
+        out.append((where + ("pretrained",), f"`imagenet` names the installed weights of the "
+                                             f"{', '.join(LITE_BACKBONES)} backbones, not of "
+                                             f"{describe_model(spec)}; give a URL or a file"))
+    least = MIN_BASE_CHANNELS.get(arch, 1)
+    if spec.get("base_channels", least) < least:
+        out.append((where + ("base_channels",), f"{arch} needs base_channels >= {least}"))
+    return out
+
+
+def describe_model(spec) -> str:
+    """``arch`` plus its backbone, e.g. ``pspnet on mobilenetv2`` (for messages)."""
+    if spec["arch"] in OWN_BACKBONE:
+        return spec["arch"]
+    return f"{spec['arch']} on {spec.get('backbone', 'resnet')}"
+
+
+def _paper_data_errors(data, where: tuple = ("data",)) -> list[tuple[tuple, str]]:
+    """``data.root`` is read by the paper's datasets only; their crop must fit the short side
+    the images are rescaled to (mmseg's scale, :mod:`bcd.data.paper`)."""
+    from bcd.data.paper import DATASETS as PAPER
+
+    ds = PAPER.get(data["dataset"])
+    if ds is None:
+        if "root" in data:
+            return [(where + ("root",), f"dataset {data['dataset']} does not read data.root "
+                                        f"(only {', '.join(PAPER)} do); remove it")]
+        return []
+    out, short = [], min(ds.scale)
+    for key, have in (("height", data["height"]), ("width", data.get("width") or data["height"])):
+        if have > short:
+            out.append((where + (key,), f"crop {key} {have} is larger than the short side {short} "
+                                       f"that {ds.title} images are rescaled to (scale "
+                                       f"{ds.scale[0]}x{ds.scale[1]})"))
+    return out
+
+
+def _figures_errors(cfg) -> list[tuple[tuple, str]]:
+    """Explicit values of the figures section: a table; two of its rows' runs, the distilled one
+    with a boundary term (the boundary figure draws its heads) from the table's teacher (the
+    grid's teacher column); one of the seeds. Unset ones are derived (:func:`figures_spec`)."""
+    fig, out = cfg["figures"], []
+    table = cfg["tables"].get(fig["table"])
+    if table is None:
+        return [(("figures", "table"), f"unknown table {fig['table']!r} (tables: "
+                                       f"{known_names(cfg['tables'])})")]
+    rows = [row["run"] for row in table["rows"]]
+    for key in ("student", "distilled"):
+        if key in fig and fig[key] not in rows:
+            out.append((("figures", key), f"run {fig[key]!r} is not a row of table "
+                                          f"{fig['table']!r} (rows: {', '.join(rows)})"))
+    if "seed" in fig and fig["seed"] not in cfg["seeds"]:
+        out.append((("figures", "seed"), f"seed {fig['seed']} is not one of seeds "
+                                         f"{cfg['seeds']}"))
+    run = fig.get("distilled")
+    if run in rows and not draws_boundary(cfg, run, table["teacher"]):
+        spec = cfg["runs"].get(run, {})
+        has_bd = any(cfg["methods"].get(m, {}).get("type") == "BoundaryDistillLoss"
+                     for m in spec.get("distill", []))
+        out.append((("figures", "distilled"),
+                    f"run {run!r} has no BoundaryDistillLoss term (the boundary figure draws "
+                    "its boundary heads)" if not has_bd else
+                    f"run {run!r} is distilled from {spec.get('teacher')!r}, not from table "
+                    f"{fig['table']!r}'s teacher {table['teacher']!r}"))
+    return out
+
+
+def _checked(cfg: dict, layers) -> dict:
+    problems = _schema_errors(cfg) + _finite_errors(cfg)
+    if not problems:
+        problems = _semantic_errors(cfg)
+    if problems:
+        errors = [(file_for(path, layers), keypath(path), msg) for path, msg in problems]
+        lines = [f"{f}: {k}: {m}" for f, k, m in errors]
+        if len(lines) > 1:
+            lines.insert(0, f"{len(lines)} problems:")
+        raise ParamsError("\n".join(lines), errors)
+    cfg = copy.deepcopy(cfg)
+    cfg["_files"] = [name for name, _ in layers]
+    return cfg

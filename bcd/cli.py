@@ -67,14 +67,16 @@ def _class_weights(args) -> None:
 def _teacher(args) -> None:
     from bcd.train import train_teacher
 
-    path = train_teacher(P.load_params(args.params), args.teacher, launcher=args.launcher)
+    path = train_teacher(P.teacher_job(P.load_params(args.params), args.teacher),
+                         launcher=args.launcher)
     print(f"teacher weights: {path}")
 
 
 def _train(args) -> None:
     from bcd.train import train_student
 
-    path = train_student(P.load_params(args.params), args.run, args.seed, launcher=args.launcher)
+    path = train_student(P.student_job(P.load_params(args.params), args.run, args.seed),
+                         launcher=args.launcher)
     print(f"student weights: {path}")
 
 
@@ -93,8 +95,9 @@ def _add_launcher(p) -> None:
 def _evaluate(args) -> None:
     from bcd.evaluate import evaluate
 
-    out = evaluate(P.load_params(args.params), run=args.run, seed=args.seed, teacher=args.teacher,
-                   recompute=args.recompute)
+    job = P.evaluation_job(P.load_params(args.params), run=args.run, seed=args.seed,
+                           teacher=args.teacher)
+    out = evaluate(job, recompute=args.recompute)
     print(f"{out['kind']} {out['name']} seed={out['seed']}: mIoU {out['mIoU']:.2f}")
 
 

@@ -7,7 +7,7 @@ Writes ``metrics.json`` atomically; the table stage reads nothing else.
 Training evaluates its model once more at the end, in its own process (:func:`evaluate_after_training`),
 and leaves the result in its work dir (``work/evaluation.json``) under a key made of everything
 the evaluation depends on: the weights' sha256, the evaluation spec (model, data, ``evaluation``
-settings: :func:`bcd.params.resolve_evaluate`) and the sha256 of every evaluation code file. The
+settings: :func:`bcd.params.resolve_evaluate`, carried by :class:`bcd.params.EvaluationSpec`) and the sha256 of every evaluation code file. The
 evaluate stage writes that result when the key matches, without importing torch or building a
 model (a Python start-up with mmseg costs ~10 s per run on 2 CPU cores, the evaluation itself
 ~2 s); any difference, or ``--recompute``, evaluates from scratch. The metrics are the same
@@ -42,37 +42,18 @@ def complexity(model_cfg: dict, input_shape) -> dict:
     return {"params": int(info["params"]), "flops": float(info["flops"])}
 
 
-def quality_settings(cfg) -> dict:
-    """Boundary IoU dilation ratio and trimap widths from the params (``evaluation``)."""
-    ev = cfg.get("evaluation") or {}
+def quality_settings(evaluation) -> dict:
+    """Boundary IoU dilation ratio and trimap widths from the params' ``evaluation`` section."""
+    ev = evaluation or {}
     return {"dilation_ratio": float(ev.get("dilation_ratio", 0.02)),
             "trimap_widths": [int(w) for w in ev.get("trimap_widths", (1, 3, 5))]}
 
 
-def _target(cfg, run, seed, teacher):
-    """(paths, spec, model_spec, kind, name, model_name, iters) of what is evaluated."""
-    if (run is None) == (teacher is None):
-        raise ValueError("evaluate needs exactly one of --run (with --seed) or --teacher")
-    if teacher is not None:
-        spec = P.resolve_teacher(cfg, teacher)
-        paths, model_spec, kind, name = P.teacher_paths(cfg, teacher), spec["model"], "teacher", teacher
-        model_name, iters = spec["model_name"], spec["train"]["iters"]
-    else:
-        if seed is None:
-            raise ValueError("evaluate --run needs --seed")
-        spec = P.resolve_run(cfg, run)
-        paths, model_spec, kind, name = (P.run_paths(cfg, run, seed), spec["student"]["model"],
-                                         "student", run)
-        model_name, iters = spec["student"]["model_name"], spec["train"]["iters"]
-    return paths, spec, model_spec, kind, name, model_name, iters
-
-
-def evaluation_key(cfg, ckpt, *, run: str | None = None, teacher: str | None = None) -> str:
+def evaluation_key(job: P.EvaluationSpec, ckpt) -> str:
     """What an evaluation's result depends on: weights, evaluation spec, evaluation code."""
     files = P.code_files([str(_REPO / f) for f in P.EVALUATE_CODE])
     code = {str(Path(f).relative_to(_REPO)): file_sha256(f) for f in files}
-    blob = {"weights": file_sha256(ckpt), "spec": P.resolve_evaluate(cfg, run=run, teacher=teacher),
-            "code": code}
+    blob = {"weights": file_sha256(ckpt), "spec": job.settings, "code": code}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -80,33 +61,31 @@ def _cache_file(paths) -> Path:
     return Path(paths["dir"]) / "work" / CACHE_NAME
 
 
-def _weights(paths, teacher) -> Path:
-    ckpt = Path(paths["model"])
+def _weights(job: P.EvaluationSpec) -> Path:
+    ckpt = Path(job.paths["model"])
     if not ckpt.is_file():
         raise FileNotFoundError(f"model weights {ckpt} are missing; run the "
-                                f"{'teacher' if teacher else 'train'} stage first")
+                                f"{'teacher' if job.kind == 'teacher' else 'train'} stage first")
     return ckpt
 
 
-def evaluate(cfg, *, run: str | None = None, seed: int | None = None,
-             teacher: str | None = None, recompute: bool = False) -> dict:
+def evaluate(job: P.EvaluationSpec, *, recompute: bool = False) -> dict:
     """Write the model's ``metrics.json``: training's own evaluation when its key matches,
-    else measured now (see the module docstring)."""
-    paths = _target(cfg, run, seed, teacher)[0]
-    ckpt = _weights(paths, teacher)
+    else measured now (see the module docstring). ``job``: :func:`bcd.params.evaluation_job`."""
+    ckpt = _weights(job)
     if not recompute:
         try:
-            cached = json.loads(_cache_file(paths).read_text())
+            cached = json.loads(_cache_file(job.paths).read_text())
         except (OSError, ValueError):
             cached = None
         if (isinstance(cached, dict) and isinstance(cached.get("metrics"), dict)
-                and cached.get("key") == evaluation_key(cfg, ckpt, run=run, teacher=teacher)):
+                and cached.get("key") == evaluation_key(job, ckpt)):
             out = dict(cached["metrics"], evaluated="at the end of training (same weights, "
                                                     "evaluation settings and code)")
-            _write(paths, out)
+            _write(job.paths, out)
             return out
-    out = measure(cfg, run=run, seed=seed, teacher=teacher)
-    _write(paths, out)
+    out = measure(job)
+    _write(job.paths, out)
     return out
 
 
@@ -119,25 +98,23 @@ def summary(metrics: dict) -> dict:
     return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
 
 
-def _write(paths: dict, metrics: dict) -> None:
+def _write(paths, metrics: dict) -> None:
     write_json_atomic(paths["metrics"], metrics)
     write_json_atomic(paths["summary"], summary(metrics))
 
 
-def evaluate_after_training(cfg, *, run: str | None = None, seed: int | None = None,
-                            teacher: str | None = None) -> None:
+def evaluate_after_training(job: P.EvaluationSpec) -> None:
     """Evaluate a model its training just wrote and keep the result for the evaluate stage.
 
     A failure here only costs the shortcut: it is reported, and the evaluate stage evaluates
     from scratch (and raises there, where the stage's log shows it).
     """
-    paths = _target(cfg, run, seed, teacher)[0]
-    cache = _cache_file(paths)
+    cache = _cache_file(job.paths)
     cache.unlink(missing_ok=True)
     try:
-        ckpt = _weights(paths, teacher)
-        key = evaluation_key(cfg, ckpt, run=run, teacher=teacher)
-        out = measure(cfg, run=run, seed=seed, teacher=teacher)
+        ckpt = _weights(job)
+        key = evaluation_key(job, ckpt)
+        out = measure(job)
     except Exception as err:  # noqa: BLE001  (reported; the evaluate stage retries)
         print(f"bcd: evaluation at the end of training failed ({type(err).__name__}: {err}); "
               "the evaluate stage will evaluate from scratch")
@@ -145,8 +122,7 @@ def evaluate_after_training(cfg, *, run: str | None = None, seed: int | None = N
     write_json_atomic(cache, {"key": key, "metrics": out})
 
 
-def measure(cfg, *, run: str | None = None, seed: int | None = None,
-            teacher: str | None = None) -> dict:
+def measure(job: P.EvaluationSpec) -> dict:
     """Evaluate the model's weights on the evaluation split: the metrics dict."""
     from mmengine.runner import Runner
 
@@ -154,11 +130,13 @@ def measure(cfg, *, run: str | None = None, seed: int | None = None,
     from bcd.runtime import require_dataset, setup_threads
     from bcd.weights import check_state_dict, load_meta, load_weights
 
-    setup_threads(cfg, "evaluate")
-    paths, spec, model_spec, kind, name, model_name, iters = _target(cfg, run, seed, teacher)
-    data = spec["data"]
-    root = require_dataset(cfg, P.dataset_of(cfg, run=run, teacher=teacher))
-    ckpt = _weights(paths, teacher)
+    setup_threads(job.threads)
+    paths, kind, name, seed = job.paths, job.kind, job.name, job.seed
+    # plain copies: they go into metrics.json and the mm configs
+    data, model_spec = copy.deepcopy(job.settings["data"]), copy.deepcopy(job.model)
+    evaluation = copy.deepcopy(job.settings["evaluation"])
+    root = require_dataset(job.data)
+    ckpt = _weights(job)
     crop = configs.crop_size(data)
     split, size = configs.eval_split(data), configs.eval_size(data)
     model_cfg = configs.segmentor(model_spec, configs.num_classes(data), crop)
@@ -174,7 +152,7 @@ def measure(cfg, *, run: str | None = None, seed: int | None = None,
         test_dataloader=dict(base.val_dataloader,
                              dataset=configs.dataset(data, root, split, train=False)),
         test_evaluator=[base.val_evaluator, dict(type="mmseg.SegQualityMetric",
-                                                 **quality_settings(cfg))],
+                                                 **quality_settings(evaluation))],
         test_cfg=dict(type="TestLoop"),
         env_cfg=base.env_cfg, log_level="WARNING", default_hooks=dict(), custom_hooks=[],
         visualizer=base.visualizer)
@@ -191,14 +169,14 @@ def measure(cfg, *, run: str | None = None, seed: int | None = None,
     meta = load_meta(ckpt)
     out = {
         "kind": kind, "name": name, "seed": seed if kind == "student" else None,
-        "model": model_name, "model_spec": model_spec, "split": split,
+        "model": job.model_name, "model_spec": model_spec, "split": split,
         "mIoU": float(results["mIoU"]), "mAcc": float(results.get("mAcc", float("nan"))),
         "aAcc": float(results["aAcc"]), "per_class_iou": per_class,
         # boundary / trimap / connectivity (bcd.metrics; docs/method.md): means, then per class
         **{k: v for k, v in quality.items() if "." not in k},
         "per_class_quality": {k: v for k, v in quality.items() if "." in k},
-        "quality_settings": quality_settings(cfg),
-        **complexity(model_cfg, (3, *size)), "input_shape": [3, *size], "iters": iters,
+        "quality_settings": quality_settings(evaluation),
+        **complexity(model_cfg, (3, *size)), "input_shape": [3, *size], "iters": job.iters,
         "eval_seconds": round(time.time() - t0, 1),
         # what the evaluated weights were made from (bcd.provenance) and their own hash
         "weights_sha256": file_sha256(ckpt),

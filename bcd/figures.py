@@ -695,7 +695,7 @@ def load_eval_samples(cfg) -> list[dict]:
 
     key = P.figures_dataset(cfg)
     data = P.data_spec(cfg, key)
-    dataset = DATASETS.build(configs.dataset(data, require_dataset(cfg, key),
+    dataset = DATASETS.build(configs.dataset(data, require_dataset(P.data_job(cfg, key)),
                                              configs.eval_split(data), train=False))
     return [dataset[i] for i in range(len(dataset))]
 
@@ -813,7 +813,7 @@ def make_qualitative_and_boundary(cfg) -> list[Path]:
     """Inference for the grid and the boundary figure; writes both."""
     from bcd.runtime import setup_threads
 
-    setup_threads(cfg, "figures")
+    setup_threads(P.rule_threads(cfg, "figures"))
     fig_cfg, seed = settings(cfg), settings(cfg)["seed"]
     table = cfg["tables"][fig_cfg["table"]]
     t_name, s_run, d_run = table["teacher"], fig_cfg["student"], fig_cfg["distilled"]

@@ -1,7 +1,8 @@
 """What every stage process needs before and around its work: the thread count, the prepared
 dataset and teacher it reads.
 
-Used by the train, evaluate and figures stages; imports nothing above :mod:`bcd.params`
+Used by the train, evaluate and figures stages, which hand it the resolved specs of
+:mod:`bcd.params.spec`; imports nothing above :mod:`bcd.params`
 (besides :mod:`bcd.data` and :mod:`bcd.mm.configs` for the dataset and teacher checks). The
 weights I/O lives in :mod:`bcd.weights`.
 """
@@ -12,40 +13,37 @@ from pathlib import Path
 
 import torch
 
-from bcd import params as P
+from bcd.params.spec import DataSpec, TeacherCheckpoint
 from bcd.atomic import is_complete
 from bcd.weights import check_state_dict, load_weights
 
 THREADS_ENV = "BCD_THREADS"
 
 
-def setup_threads(cfg=None, kind: str | None = None) -> int:
-    """Set torch's intra-op threads for a job of ``kind`` and return the number.
+def setup_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads for a job and return the number.
 
-    The params fix it (``resources.<kind>.threads``), so the plain command, Snakemake and DVC
-    compute with the same number and give the same numbers (reductions are summed in a
-    thread-count-dependent order). ``BCD_THREADS`` overrides it; the number used is recorded
-    in the run's provenance and resume fingerprint. Without params (a bare call): the
-    environment's ``BCD_THREADS`` / ``OMP_NUM_THREADS`` or torch's default.
+    The params fix it (``resources.<kind>.threads``, the ``threads`` of the job's resolved spec),
+    so the plain command, Snakemake and DVC compute with the same number and give the same
+    numbers (reductions are summed in a thread-count-dependent order). ``BCD_THREADS``
+    overrides it; the number used is recorded in the run's provenance and resume fingerprint.
+    Without a number (a bare call): the environment's ``BCD_THREADS`` / ``OMP_NUM_THREADS`` or
+    torch's default.
     """
-    n = os.environ.get(THREADS_ENV)
-    if not n and cfg is not None and kind is not None:
-        n = P.rule_threads(cfg, kind)
-    n = n or os.environ.get("OMP_NUM_THREADS")
+    n = os.environ.get(THREADS_ENV) or threads or os.environ.get("OMP_NUM_THREADS")
     if n:
         torch.set_num_threads(int(n))
     return torch.get_num_threads()
 
 
-def require_dataset(cfg, dataset: str | None = None) -> Path:
-    """The prepared dataset folder of the top-level ``data`` (None) or ``datasets.<dataset>``, or
+def require_dataset(spec: DataSpec) -> Path:
+    """The prepared dataset folder of a dataset key (``spec``: :func:`bcd.params.data_job`), or
     a clear error saying how to make it. The paper's datasets stay at ``root``, checked as the
     data stage checks them (:mod:`bcd.data.paper`)."""
     from bcd.data import paper
 
-    root, data = P.data_dir(cfg, dataset), P.data_section(cfg, dataset)
-    make = (f"run `python -m bcd data --params {' --params '.join(map(str, P.files_of(cfg)))}"
-            f"{'' if dataset is None else f' --dataset {dataset}'}` first")
+    root, data = spec.dir, spec.section
+    make = f"run `{spec.make_command()}` first"
     if data["dataset"] in paper.DATASETS:
         paper.check_dataset(data["dataset"], data["root"])
         return Path(data["root"])
@@ -68,18 +66,18 @@ def require_dataset(cfg, dataset: str | None = None) -> Path:
     return root
 
 
-def require_teacher(cfg, teacher: str) -> Path:
-    path = P.teacher_paths(cfg, teacher)["model"]
-    if not Path(path).is_file():
+def require_teacher(teacher: TeacherCheckpoint) -> Path:
+    """The teacher's weights file, or a clear error saying how to make (or remake) it."""
+    path = teacher.path
+    if not path.is_file():
         raise FileNotFoundError(
-            f"teacher checkpoint {path} is missing; train it with `python -m bcd teacher --params "
-            f"{' '.join(map(str, P.files_of(cfg)))} --teacher {teacher}` (or "
-            f"{P.remake_command(cfg, P.stage_name('teacher', teacher), path)})")
+            f"teacher checkpoint {path} is missing; train it with `{teacher.train_command}` "
+            f"(or {teacher.remake})")
     if not is_complete(path):
         raise ValueError(
             f"teacher checkpoint {path} is truncated or corrupt (not a whole torch file); "
-            f"rebuild it with {P.remake_command(cfg, P.stage_name('teacher', teacher), path)}")
-    return Path(path)
+            f"rebuild it with {teacher.remake}")
+    return path
 
 
 def check_teacher(teacher_spec, data, ckpt: Path) -> None:

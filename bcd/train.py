@@ -11,6 +11,7 @@ batch size (per process / per GPU, as in mmseg), and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -26,9 +27,7 @@ from bcd import provenance
 from bcd.atomic import atomic_write, is_complete, write_json_atomic
 from bcd.runtime import (THREADS_ENV, check_teacher, require_dataset, require_teacher,
                          setup_threads)
-# the weights I/O, for callers of this module (bcd.weights is its home)
-from bcd.weights import (TRUST_ENV, check_state_dict, load_meta,  # noqa: F401
-                         load_weights, save_weights)
+from bcd.weights import save_weights
 
 log = logging.getLogger("bcd")
 
@@ -187,18 +186,19 @@ def prepare_work_dir(work: Path, fingerprint: Mapping[str, Any]) -> bool:
     return False
 
 
-def train_teacher(cfg, name: str, launcher: str = "none") -> Path:
-    """Fine-tune (here: train from scratch) one teacher; write its weights and training log."""
+def train_teacher(job: P.TrainSpec, launcher: str = "none") -> Path:
+    """Fine-tune (here: train from scratch) one teacher; write its weights and training log.
+    ``job``: :func:`bcd.params.teacher_job`."""
     from bcd.mm import compat, configs, distributed
 
     from bcd.mm.amp import check_device
 
-    threads = setup_threads(cfg, "teacher")
-    spec = P.resolve_teacher(cfg, name)
+    threads = setup_threads(job.threads)
+    # a plain copy: the settings go into the weights' meta (pickled) and the mm configs
+    spec, name, paths = copy.deepcopy(job.settings), job.name, job.paths
     check_device(spec["train"], "teacher")
     _, world = distributed.init(launcher)
-    paths = P.teacher_paths(cfg, name)
-    root = require_dataset(cfg, P.dataset_of(cfg, teacher=name))
+    root = require_dataset(job.data)
     work = Path(paths["dir"]) / "work"
     compat.trust_checkpoint_root(work)
     made_from = provenance.record(kind="teacher", name=name, seed=spec["seed"], spec=spec,
@@ -218,26 +218,26 @@ def train_teacher(cfg, name: str, launcher: str = "none") -> Path:
                           kept=kept, resumed=resume, processes=world, provenance=made_from))
         del runner
         if world == 1:  # one process: evaluation collectives would wait for the other ranks
-            _evaluate_now(cfg, teacher=name)
+            _evaluate_now(job.evaluation)
     distributed.barrier()
     return Path(paths["model"])
 
 
-def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
-    """Train one student run (plain, or distilled from its teacher) for one seed."""
+def train_student(job: P.TrainSpec, launcher: str = "none") -> Path:
+    """Train one student run (plain, or distilled from its teacher) for one seed.
+    ``job``: :func:`bcd.params.student_job`."""
     from bcd.mm import compat, configs, distributed
 
     from bcd.mm.amp import check_device
 
-    threads = setup_threads(cfg, "train")
-    spec = P.resolve_run(cfg, run)
+    threads = setup_threads(job.threads)
+    spec, run, seed, paths = copy.deepcopy(job.settings), job.name, job.seed, job.paths
     check_device(spec["train"], "student")
     _, world = distributed.init(launcher)
-    paths = P.run_paths(cfg, run, seed)
-    root = require_dataset(cfg, P.dataset_of(cfg, run=run))
+    root = require_dataset(job.data)
     teacher_ckpt, teacher_spec = None, None
     if spec["methods"]:
-        teacher_ckpt = require_teacher(cfg, spec["teacher"]["name"])
+        teacher_ckpt = require_teacher(job.teacher)
         teacher_spec = spec["teacher"]["model"]
         check_teacher(teacher_spec, spec["data"], teacher_ckpt)
     work = Path(paths["dir"]) / "work"
@@ -273,12 +273,12 @@ def train_student(cfg, run: str, seed: int, launcher: str = "none") -> Path:
     save_weights(student, paths["model"], meta)
     del runner, model, student, distiller
     if world == 1:  # several processes: the evaluate stage evaluates (in one process)
-        _evaluate_now(cfg, run=run, seed=seed)
+        _evaluate_now(job.evaluation)
     distributed.barrier()
     return Path(paths["model"])
 
 
-def _evaluate_now(cfg, **target) -> None:
+def _evaluate_now(job: P.EvaluationSpec) -> None:
     """Evaluate the weights just written, for the evaluate stage to reuse (bcd.evaluate)."""
     import gc
 
@@ -287,7 +287,7 @@ def _evaluate_now(cfg, **target) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    evaluate_after_training(cfg, **target)
+    evaluate_after_training(job)
 
 
 logging.getLogger("mmengine").setLevel(logging.WARNING)

@@ -25,7 +25,7 @@ def saved_teacher(directory, spec, num_classes: int, crop=(32, 32)):
     from mmseg.registry import MODELS
 
     from bcd.mm import configs
-    from bcd.train import save_weights
+    from bcd.weights import save_weights
 
     path = directory / "model.pth"
     save_weights(MODELS.build(configs.segmentor(spec, num_classes, crop)), path, {"kind": "teacher"})

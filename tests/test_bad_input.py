@@ -189,19 +189,20 @@ def test_malformed_dataset_is_refused(prepared, edit, rel, words):
 
 
 def test_training_refuses_an_unprepared_dataset(tmp_path):
-    from bcd.train import require_dataset
+    from bcd.runtime import require_dataset
 
     cfg = P.load_params([DEFAULT, CAMVID])
     cfg["paths"]["data"] = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"nowhere.*python -m bcd data"):
-        require_dataset(cfg)
+        require_dataset(P.data_job(cfg))
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
 def test_teacher_checkpoint_of_the_wrong_architecture_is_refused(tmp_path):
     pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
     from bcd.mm import configs
-    from bcd.train import check_teacher, save_weights
+    from bcd.runtime import check_teacher
+    from bcd.weights import save_weights
     from mmseg.registry import MODELS
 
     cfg = P.load_params([DEFAULT])
@@ -221,7 +222,7 @@ class _Payload:  # an arbitrary object: loading it needs full unpickling
 
 @pytest.mark.parametrize("kind", ["truncated", "pickled-object", "not-a-dict"])
 def test_unreadable_or_unsafe_weights_are_refused(tmp_path, kind):
-    from bcd.train import load_weights
+    from bcd.weights import load_weights
 
     ckpt = tmp_path / "teacher.pth"
     if kind == "truncated":
@@ -242,7 +243,7 @@ def test_unreadable_or_unsafe_weights_are_refused(tmp_path, kind):
 
 
 def test_trusting_checkpoints_is_an_explicit_option(tmp_path, monkeypatch):
-    from bcd.train import load_weights
+    from bcd.weights import load_weights
 
     ckpt = tmp_path / "teacher.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "extra": _Payload()}, ckpt)

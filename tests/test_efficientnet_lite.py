@@ -303,7 +303,7 @@ def test_distillation_keeps_the_teachers_checkpoint(tmp_path):
     from mmrazor.registry import MODELS as RAZOR
     from mmseg.registry import MODELS
 
-    from bcd.train import save_weights
+    from bcd.weights import save_weights
 
     state = _file_state("lite0")
     spec = dict(arch="deeplabv3plus", backbone="efficientnet-lite0", pretrained="imagenet",

@@ -388,7 +388,7 @@ def test_figures_command_on_untrained_models(tmp_path, monkeypatch):
     from bcd import cli, tables
     from bcd.data.synthetic import generate
     from bcd.mm import configs
-    from bcd.train import save_weights
+    from bcd.weights import save_weights
 
     monkeypatch.chdir(tmp_path)
     overlay = tmp_path / "here.yaml"

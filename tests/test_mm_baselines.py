@@ -44,7 +44,7 @@ def _batch(n=2, size=32):
 def pair(request, tmp_path_factory):
     from mmseg.registry import MODELS
 
-    from bcd.train import save_weights
+    from bcd.weights import save_weights
 
     teacher_spec, student_spec = PAIRS[request.param]
     teacher = MODELS.build(configs.segmentor(teacher_spec, NUM_CLASSES, (32, 32)))

@@ -78,7 +78,7 @@ def test_cd_on_the_teacher_head_or_logits_reaches_student_only(teacher_ckpt, cho
 
 
 def test_teacher_weights_loaded_and_frozen(teacher_ckpt):
-    from bcd.train import load_weights
+    from bcd.weights import load_weights
 
     algo = _algorithm(teacher_ckpt, {"cd": BCD["cd"]})
     state = load_weights(teacher_ckpt)

@@ -375,7 +375,7 @@ def test_paper_crop_params_are_accepted(tmp_path):
 def test_data_stage_checks_and_training_refuses_with_the_same_message(tmp_path, monkeypatch,
                                                                       capsys):
     from bcd import cli
-    from bcd.train import require_dataset
+    from bcd.runtime import require_dataset
 
     root = make_ade20k(tmp_path / "datasets", np.random.default_rng(0))
     overlay = _params(tmp_path, _data("ade20k", root))
@@ -385,7 +385,7 @@ def test_data_stage_checks_and_training_refuses_with_the_same_message(tmp_path, 
     stamp = yaml.safe_load((P.data_dir(cfg) / paper.STAMP).read_text())
     assert stamp == {"dataset": "ade20k", "root": str(root.resolve()),
                      "counts": {"train": 3, "val": 2}}
-    assert require_dataset(cfg) == root
+    assert require_dataset(P.data_job(cfg)) == root
     assert not list(root.rglob("dataset.json")), "the data stage wrote into the dataset"
 
     (root / "annotations/validation/ADE_val_00000002.png").unlink()
@@ -393,6 +393,6 @@ def test_data_stage_checks_and_training_refuses_with_the_same_message(tmp_path, 
     assert cli.main(["data", "--params", str(DEFAULT), "--params", str(overlay)]) == 1
     stage_error = capsys.readouterr().err
     with pytest.raises(FileNotFoundError) as info:
-        require_dataset(cfg)
+        require_dataset(P.data_job(cfg))
     assert str(info.value) in stage_error
     assert "ADE_val_00000002.png" in str(info.value)

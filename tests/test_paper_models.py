@@ -107,7 +107,7 @@ def test_paper_sizes_match_table_ii():
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory):
-    from bcd.train import save_weights
+    from bcd.weights import save_weights
 
     path = tmp_path_factory.mktemp("teacher") / "model.pth"
     save_weights(_build(TEACHER), path, {"kind": "teacher"})

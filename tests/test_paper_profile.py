@@ -139,7 +139,8 @@ def test_two_iterations_per_student_architecture(smoke, dataset, monkeypatch):
     import torch
 
     from bcd import cli
-    from bcd.train import load_weights, train_student, train_teacher
+    from bcd.train import train_student, train_teacher
+    from bcd.weights import load_weights
 
     tmp, files = smoke
     monkeypatch.chdir(tmp)  # the overlay's paths are relative to the working directory
@@ -153,9 +154,9 @@ def test_two_iterations_per_student_architecture(smoke, dataset, monkeypatch):
     teachers = {cfg["runs"][r]["teacher"] for r in SMOKE[dataset]}
     for teacher in teachers:
         assert P.dataset_of(cfg, teacher=teacher) == dataset
-        train_teacher(cfg, teacher)
+        train_teacher(P.teacher_job(cfg, teacher))
     for run in SMOKE[dataset]:
-        path = train_student(cfg, run, 0)
+        path = train_student(P.student_job(cfg, run, 0))
         assert load_weights(path), run
         log = json.loads(P.run_paths(cfg, run, 0)["train_log"].read_text())
         assert log["train"], run

@@ -445,7 +445,7 @@ def test_data_stage_rebuilds_a_folder_from_before_the_test_split(tmp_path, monke
 
     from bcd import cli
     from bcd import params as P
-    from bcd.train import require_dataset
+    from bcd.runtime import require_dataset
 
     monkeypatch.chdir(tmp_path)  # paths.data is relative to the working directory
     overlay = tmp_path / "here.yaml"
@@ -459,13 +459,14 @@ def test_data_stage_rebuilds_a_folder_from_before_the_test_split(tmp_path, monke
     _as_before_the_test_split(root)
     before = _files(root)
     with pytest.raises(FileNotFoundError, match=r"holds no test split.*python -m bcd data"):
-        require_dataset(cfg)  # training/evaluation on the stale folder: told to rebuild it
+        # training/evaluation on the stale folder: told to rebuild it
+        require_dataset(P.data_job(cfg))
     assert cli.main(args) == 0
     after = _files(root)
     assert S.check_dataset(root)["counts"] == {"train": 2, "val": 1, "test": 2}
     assert {k: v for k, v in after.items() if "/test/" not in k and k != "meta.json"} == \
         {k: v for k, v in before.items() if k != "meta.json"}  # train/val files unchanged
-    assert require_dataset(cfg) == root
+    assert require_dataset(P.data_job(cfg)) == root
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     assert cli.main(args) == 0  # up to date: untouched
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == mtimes

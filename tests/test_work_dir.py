@@ -130,8 +130,8 @@ def test_a_truncated_teacher_checkpoint_is_named_with_the_command_that_rebuilds_
     path = P.teacher_paths(cfg, "pspnet-r101")["model"]
     path.parent.mkdir(parents=True)
     torch.save({"state_dict": {"w": torch.zeros(64)}}, path)
-    assert require_teacher(cfg, "pspnet-r101") == path
+    assert require_teacher(P.teacher_checkpoint(cfg, "pspnet-r101")) == path
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="truncated or corrupt.*snakemake --cores 1 --force "
                                          f"--configfile {overlay} -- {path}"):
-        require_teacher(cfg, "pspnet-r101")
+        require_teacher(P.teacher_checkpoint(cfg, "pspnet-r101"))

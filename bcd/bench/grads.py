@@ -90,7 +90,7 @@ def _make_teacher(cfg, spec: dict, data: dict, work: Path, random_teacher: bool)
         return path, str(path)
     if not random_teacher:
         try:
-            T.require_teacher(cfg, name)
+            T.require_teacher(P.teacher_checkpoint(cfg, name))
         except FileNotFoundError as err:
             raise SystemExit(f"bcd.bench grads: {err}; or pass --random-teacher for an "
                              "untrained teacher (a smoke test)") from None
@@ -134,7 +134,7 @@ def measure(cfg, run: str, seed: int, work: Path, *, random_teacher: bool = Fals
         key = ("dataset", P.dataset_of(cfg, run=run))
         if key not in done:
             try:
-                done[key] = T.require_dataset(cfg, key[1])
+                done[key] = T.require_dataset(P.data_job(cfg, key[1]))
             except FileNotFoundError as err:
                 raise SystemExit(f"bcd.bench grads: {err}; or pass --synthetic-batch for "
                                  "random images of the crop size") from None
@@ -225,7 +225,7 @@ def run(args) -> dict:
     runs = list(cfg["runs"]) if "all" in (args.run or []) else list(args.run or ["r18-bcd"])
     for r in runs:
         P.lookup(cfg, "runs", r)  # unknown names: one clear error before any work
-    T.setup_threads(cfg, "train")
+    T.setup_threads(P.rule_threads(cfg, "train"))
     import bcd.mm  # noqa: F401  (compat patches first)
 
     # what mmengine and torch import lazily in the first Runner (~5 s), before the clock starts

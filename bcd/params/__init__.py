@@ -12,6 +12,8 @@ in one module:
   run matrix, the DVC param key paths);
 - :mod:`bcd.params.paths`: the files each stage reads and writes;
 - :mod:`bcd.params.stages`: the stage list shared by the Snakefile and dvc.yaml, job resources;
+- :mod:`bcd.params.spec`: resolve once: the immutable spec (``TrainSpec``, ``EvaluationSpec``,
+  ``DataSpec``) a stage command hands to training, evaluation and the runtime checks;
 - :mod:`bcd.params.check`: ``python -m bcd check-params``.
 
 Several files are deep-merged in order, like Snakemake's ``configfile:`` plus ``--configfile``
@@ -48,6 +50,9 @@ from bcd.params.validate import (
 from bcd.params.stages import (
     RESOURCE_KINDS, rule_threads, rule_resources, Stage, stage_name, command, stages,
     table_metrics, code_files)
+from bcd.params.spec import (
+    Frozen, FrozenList, freeze, DataSpec, TeacherCheckpoint, EvaluationSpec, TrainSpec,
+    data_job, evaluation_job, teacher_checkpoint, teacher_job, student_job)
 from bcd.params.check import main_check
 
 __all__ = ['ParamsError', 'read_params_file', 'deep_merge', 'files_of', 'remake_command',
@@ -63,7 +68,9 @@ __all__ = ['ParamsError', 'read_params_file', 'deep_merge', 'files_of', 'remake_
            'load_params', 'validate_config', 'keypath', 'defines', 'file_for', 'schema',
            'OWN_BACKBONE', 'LITE_BACKBONES', 'MIN_BASE_CHANNELS', 'describe_model',
            'RESOURCE_KINDS', 'rule_threads', 'rule_resources', 'Stage', 'stage_name', 'command',
-           'stages', 'table_metrics', 'code_files', 'main_check']
+           'stages', 'table_metrics', 'code_files', 'main_check',
+           'Frozen', 'FrozenList', 'freeze', 'DataSpec', 'TeacherCheckpoint', 'EvaluationSpec',
+           'TrainSpec', 'data_job', 'evaluation_job', 'teacher_checkpoint', 'teacher_job', 'student_job']
 
 # Code each kind of stage depends on: files relative to the repository root, computed from the
 # import graph of the stage's command (bcd.codedeps), for dvc.yaml ``deps`` and the Snakefile's

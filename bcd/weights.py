@@ -21,22 +21,32 @@ def save_weights(module: torch.nn.Module, path: str | os.PathLike, meta: Mapping
 TRUST_ENV = "BCD_TRUST_CHECKPOINTS"  # =1: the user vouches for every checkpoint (full unpickling)
 
 
-def _load_weights_file(path: str | os.PathLike) -> dict:
-    """``torch.load`` with ``weights_only=True``: checkpoints handed to bcd are untrusted input.
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint from outside the project needs full unpickling (arbitrary code execution)."""
 
-    Only with ``BCD_TRUST_CHECKPOINTS=1`` (``--trust-checkpoints``) is a file that needs full
-    unpickling loaded.
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
+                    trusted: bool = False) -> Any:
+    """``torch.load`` under bcd's one trust rule, for every file bcd reads (its own weights
+    files here, and mmengine's checkpoint loader through :mod:`bcd.mm.compat`).
+
+    A file is loaded fully only when ``trusted`` (a checkpoint the project wrote in its own run
+    folders) or when the user vouches for every file (``BCD_TRUST_CHECKPOINTS=1``,
+    ``--trust-checkpoints``); anything else is untrusted input, loaded as weights only
+    (``weights_only=True``). An untrusted file that needs unpickling raises
+    :class:`UntrustedCheckpointError`, a truncated or corrupt one ``ValueError``, both naming the
+    file; a missing one ``FileNotFoundError``.
     """
-    if os.environ.get(TRUST_ENV) == "1":
-        return torch.load(path, map_location="cpu", weights_only=False)
+    if trusted or os.environ.get(TRUST_ENV) == "1":
+        return torch.load(path, map_location=map_location, weights_only=False)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - truncated/corrupt/pickled files raise many types
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         if "weights_only" in str(err) or "Weights only load failed" in str(err):
-            raise ValueError(
+            raise UntrustedCheckpointError(
                 f"{path}: not plain weights; loading it fully would unpickle arbitrary Python "
                 "objects, which can execute code. Convert it to a plain state dict "
                 "(torch.save(model.state_dict(), ...)), or, only for a file you trust, rerun with "
@@ -46,7 +56,7 @@ def _load_weights_file(path: str | os.PathLike) -> dict:
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a weights file written by :func:`save_weights` (or any plain state dict), weights only."""
-    ckpt = _load_weights_file(path)
+    ckpt = load_checkpoint(path)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a weights file (expected a dict of tensors under "
@@ -56,7 +66,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_meta(path: str | os.PathLike) -> dict:
     """The ``meta`` dict :func:`save_weights` stored (empty for a foreign weights file)."""
-    ckpt = _load_weights_file(path)
+    ckpt = load_checkpoint(path)
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
     return meta if isinstance(meta, dict) else {}
 

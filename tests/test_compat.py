@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from bcd.weights import UntrustedCheckpointError
+
 pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
 
 
@@ -62,7 +64,7 @@ def test_untrusted_checkpoint_is_refused_with_explanation(tmp_path):
 
     ckpt = tmp_path / "outside.pth"
     _resume_like_checkpoint(ckpt)
-    with pytest.raises(compat.UntrustedCheckpointError, match="BCD_TRUST_CHECKPOINTS"):
+    with pytest.raises(UntrustedCheckpointError, match="BCD_TRUST_CHECKPOINTS"):
         compat.load_checkpoint_file(ckpt)
     plain = tmp_path / "weights.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}}, plain)

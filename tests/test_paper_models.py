@@ -20,6 +20,7 @@ pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools
 import bcd.mm  # noqa: E402,F401  (patches + registration)
 from bcd import params as P  # noqa: E402
 from bcd.mm import compat, configs  # noqa: E402
+from bcd.weights import UntrustedCheckpointError  # noqa: E402
 from seg_batch import seg_batch  # noqa: E402  (tests/seg_batch.py)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +220,7 @@ def test_pretrained_local_file_loads_weights_only(tmp_path):
     # a file that needs full unpickling is refused (project rule, bcd.mm.compat)
     bad = tmp_path / "pickled.pth"
     torch.save({"state_dict": source, "meta": compat.PretrainedWeightsError("x")}, bad)
-    with pytest.raises(compat.UntrustedCheckpointError):
+    with pytest.raises(UntrustedCheckpointError):
         _build(dict(spec, pretrained=str(bad)))
     with pytest.raises(compat.PretrainedWeightsError, match="segformer.*not found"):
         _build(dict(spec, pretrained=str(tmp_path / "missing.pth")))

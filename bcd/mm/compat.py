@@ -39,14 +39,10 @@ from typing import Any
 import torch
 
 from bcd.atomic import atomic_write
+from bcd.weights import UntrustedCheckpointError, load_checkpoint
 
 _APPLIED = False
 _TRUSTED_ROOTS: set[Path] = set()
-TRUST_ENV = "BCD_TRUST_CHECKPOINTS"
-
-
-class UntrustedCheckpointError(RuntimeError):
-    """A checkpoint from outside the project needs full unpickling (arbitrary code execution)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,14 +97,15 @@ def trust_checkpoint_root(path: str | os.PathLike) -> None:
 
 
 def is_trusted(path: str | os.PathLike) -> bool:
-    if os.environ.get(TRUST_ENV) == "1":
-        return True
+    """True for a file under a root :func:`trust_checkpoint_root` declared (the user's
+    ``BCD_TRUST_CHECKPOINTS=1`` is applied by :func:`bcd.weights.load_checkpoint`)."""
     p = Path(path).resolve()
     return any(p == root or root in p.parents for root in _TRUSTED_ROOTS)
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Load a checkpoint: fully if it lies under a trusted root, else as weights only.
+    """Load a checkpoint: fully if it lies under a trusted root, else as weights only
+    (:func:`bcd.weights.load_checkpoint`, the one trust rule).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -117,19 +114,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if is_trusted(path):
-        return torch.load(path, map_location=map_location, weights_only=False)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError / RuntimeError variants
-        if "weights_only" not in str(err) and "Weights only load failed" not in str(err):
-            raise
-        raise UntrustedCheckpointError(
-            f"{path}: this checkpoint is not plain weights; loading it fully would unpickle "
-            "arbitrary Python objects, which can execute code. Only do that for files you trust: "
-            f"set {TRUST_ENV}=1 (or pass --trust-checkpoints to `python -m bcd`) to allow it. "
-            f"(torch said: {str(err).splitlines()[0]})"
-        ) from err
+    return load_checkpoint(path, map_location, trusted=is_trusted(path))
 
 
 def patch_checkpoint_loading() -> None:

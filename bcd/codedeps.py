@@ -7,7 +7,9 @@ that the command's module imports, transitively, *counting imports inside functi
 over-approximation: a module imported on some path is a dependency even where this run does
 not reach it; a stage is never stale for want of a file), and the package ``__init__`` files
 Python runs on the way. Data files read by the code are added by hand where a module reads
-one (:data:`DATA_FILES`). Plain Python (``ast``): nothing is imported to compute this.
+one (:data:`DATA_FILES`), and so are modules imported by name at run time
+(:data:`DYNAMIC_IMPORTS`: the loss modules the mmrazor registration finds through
+:mod:`bcd.methods`). Plain Python (``ast``): nothing is imported to compute this.
 
 The Snakefile and dvc.yaml take their code dependencies from :func:`stage_code`; a test runs
 each stage and checks that every ``bcd`` module it actually loaded is listed.

@@ -81,7 +81,7 @@ def temperature(*statistics, description: str = "") -> dict:
 
 
 #: settings of the connectors that every method reading the fused features shares (Sec. IV-A);
-#: allowed on such a method, read by the wiring, not passed to the loss
+#: allowed on such a method, read by the wiring, not passed to the loss; their defaults below
 CONNECTOR_SETTINGS = {
     "fused_channels": {
         "description": ("width of the hierarchical connector's output (Sec. IV-A: 256); BD and "
@@ -93,6 +93,9 @@ CONNECTOR_SETTINGS = {
                         "values must agree"),
         "anyOf": [{"const": "run"}, {"type": "integer", "minimum": 0}]},
 }
+#: Sec. IV-A: the concatenated features have 256 channels; the teacher-side projection's seed is
+#: the run's
+CONNECTOR_DEFAULTS = {"fused_channels": 256, "teacher_fusion_seed": "run"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,12 +235,17 @@ def _literal_constants(tree: ast.Module) -> dict[str, Any]:
     return out
 
 
-def module_name(path: Path) -> str:
-    rel = path.resolve().relative_to(LOSSES.parent.parent).with_suffix("")
-    return ".".join(rel.parts).removesuffix(".__init__")
+def module_name(path: Path, root: Path = LOSSES) -> str:
+    """``bcd/losses/baselines/tat.py`` -> ``bcd.losses.baselines.tat`` (``root``: the package
+    folder the catalog reads, named by its path below the repository)."""
+    root = root.resolve()
+    base = root.relative_to(LOSSES.parent.parent).parts if root.is_relative_to(
+        LOSSES.parent.parent) else (root.name,)
+    rel = path.resolve().relative_to(root).with_suffix("").parts
+    return ".".join(base + rel).removesuffix(".__init__")
 
 
-def read_declaration(path: Path) -> Method | None:
+def read_declaration(path: Path, root: Path = LOSSES) -> Method | None:
     """The ``METHOD`` that file ``path`` declares at top level (None if none), evaluated with
     this module's names and the file's literal constants only."""
     text = path.read_text(encoding="utf-8")
@@ -257,18 +265,20 @@ def read_declaration(path: Path) -> Method | None:
                          f"bcd.methods' {', '.join(_SCOPE_NAMES)} (it is read without importing "
                          f"the module): {exc}") from None
     if not isinstance(method, Method):
-        raise ValueError(f"{path}: METHOD must be a bcd.methods.Method, got {type(method).__name__}")
-    object.__setattr__(method, "module", module_name(path))
+        raise ValueError(f"{path}: METHOD must be a bcd.methods.Method, "
+                         f"got {type(method).__name__}")
+    object.__setattr__(method, "module", module_name(path, root))
     return method
 
 
 @lru_cache(maxsize=None)
-def _catalog(root: Path = LOSSES) -> tuple[Method, ...]:
+def read_catalog(root: Path = LOSSES) -> tuple[Method, ...]:
+    """Every ``METHOD`` declared in the ``.py`` files under ``root`` (read once per process)."""
     files = sorted((p for p in root.rglob("*.py") if "__pycache__" not in p.parts),
                    key=lambda p: (len(p.relative_to(root).parts), p.as_posix()))
     found: dict[str, Method] = {}
     for path in files:
-        method = read_declaration(path)
+        method = read_declaration(path, root)
         if method is None:
             continue
         if method.type in found:
@@ -281,7 +291,7 @@ def _catalog(root: Path = LOSSES) -> tuple[Method, ...]:
 def declared() -> dict[str, Method]:
     """Every declared method by ``type``: BCD's terms (``bcd/losses/*.py``) first, then the
     baselines (``bcd/losses/baselines/``), each in file-name order."""
-    return {m.type: m for m in _catalog()}
+    return {m.type: m for m in read_catalog()}
 
 
 def method(loss_type: str) -> Method:
@@ -300,23 +310,24 @@ def scheduled(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
 def schema() -> dict:
     """JSON Schema of one ``methods.<name>`` entry (the params schema's ``$defs/method``)."""
     found = declared()
-    return {
+    return _plain({
         "description": "one distillation term; the keys besides `type` are the loss's "
                        "constructor arguments (bcd.methods: each loss's declaration)",
         "type": "object",
         "required": ["type", "loss_weight"],
         "properties": {"type": {"enum": list(found)}},
         "allOf": [{"if": {"required": ["type"], "properties": {"type": {"const": t}}},
-                   "then": {"additionalProperties": False,
-                            "properties": _plain(m.allowed())}}
+                   "then": {"additionalProperties": False, "properties": m.allowed()}}
                   for t, m in found.items()],
-    }
+    })
 
 
 def _plain(node):
-    """Plain dicts/lists (the declarations hold read-only mappings) for jsonschema and YAML."""
+    """Plain dicts/lists (the declarations hold read-only mappings) for jsonschema and YAML,
+    without ``default`` (snakemake.utils.validate would fill it in, bcd.params does not: the
+    constructors hold the defaults)."""
     if isinstance(node, Mapping):
-        return {k: _plain(v) for k, v in node.items()}
+        return {k: _plain(v) for k, v in node.items() if k != "default"}
     if isinstance(node, (list, tuple)):
         return [_plain(v) for v in node]
     return node

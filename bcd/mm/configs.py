@@ -17,7 +17,7 @@ from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
 from bcd.mm import distributed
 from bcd.mm.amp import optim_wrapper
 
-FUSED_CHANNELS = 256  # Sec. IV-A: the concatenated features have 256 channels
+FUSED_CHANNELS = catalog.CONNECTOR_DEFAULTS["fused_channels"]  # Sec. IV-A: 256
 
 # ----------------------------------------------------------------------------------------------
 # Models
@@ -132,7 +132,7 @@ LOGITS_STRIDE = {"pspnet": 8, "deeplabv3plus": 4, "segformer": 4, "espnet": 2}
 
 @dataclass(frozen=True)
 class Taps:
-    """What the distillers read from a model (see TAPS / LOSS_INPUTS below)."""
+    """What the distillers read from a model (see TAPS below and bcd.methods)."""
 
     levels: list[int]  # channels of the backbone's outputs (recorder on `backbone`)
     first_stride: int  # stride of levels[0]
@@ -483,12 +483,13 @@ def teacher_fusion_seed(methods: Mapping[str, Mapping[str, Any]], seed: int) -> 
     Their ``teacher_fusion_seed``: ``'run'`` (default) = the run's ``seed`` (a new random
     projection per seed), or an int >= 0 (one fixed projection for every seed).
     """
-    values = {name: m.get("teacher_fusion_seed", "run") for name, m in methods.items()
+    default = catalog.CONNECTOR_DEFAULTS["teacher_fusion_seed"]
+    values = {name: m.get("teacher_fusion_seed", default) for name, m in methods.items()
               if catalog.method(m["type"]).reads_fused}
     if len(set(values.values())) > 1:
         raise ValueError("BD and CD share one teacher-side connector, but their "
                          f"teacher_fusion_seed differ: {values}")
-    value = next(iter(values.values()), "run")
+    value = next(iter(values.values()), default)
     if value == "run":
         return seed
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -7,7 +7,9 @@ that the command's module imports, transitively, *counting imports inside functi
 over-approximation: a module imported on some path is a dependency even where this run does
 not reach it; a stage is never stale for want of a file), and the package ``__init__`` files
 Python runs on the way. Data files read by the code are added by hand where a module reads
-one (:data:`DATA_FILES`). Plain Python (``ast``): nothing is imported to compute this.
+one (:data:`DATA_FILES`), and so are modules imported by name at run time
+(:data:`DYNAMIC_IMPORTS`: the loss modules the mmrazor registration finds through
+:mod:`bcd.methods`). Plain Python (``ast``): nothing is imported to compute this.
 
 The Snakefile and dvc.yaml take their code dependencies from :func:`stage_code`; a test runs
 each stage and checks that every ``bcd`` module it actually loaded is listed.
@@ -35,6 +37,9 @@ STAGE_MODULES = {
 ENTRY = ("bcd.__main__", "bcd.cli", "bcd.params", "bcd.specrecord")
 #: non-Python files a module reads whose content can change a result
 DATA_FILES = {"bcd.reference": ("bcd/reference/bcd_reported_results.csv",)}
+#: modules that import others by name at run time: each counts as importing every module of
+#: these packages (bcd.mm.registry imports the module of every loss that bcd.methods finds)
+DYNAMIC_IMPORTS = {"bcd.mm.registry": ("bcd.losses",)}
 
 
 def module_path(name: str) -> Path | None:
@@ -53,6 +58,13 @@ def module_path(name: str) -> Path | None:
 def _parents(name: str) -> list[str]:
     parts = name.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def package_modules(package: str) -> list[str]:
+    """Every module of a bcd package, the package's own ``__init__`` included."""
+    folder = ROOT.joinpath(*package.split("."))
+    return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                  for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 @lru_cache(maxsize=None)
@@ -78,6 +90,8 @@ def imports_of(name: str) -> tuple[str, ...]:
             found.add(mod)
             # `from pkg import name`: name may be a submodule
             found.update(f"{mod}.{a.name}" for a in node.names)
+    for pkg in DYNAMIC_IMPORTS.get(name, ()):
+        found.update(package_modules(pkg))
     out = set()
     for mod in found:
         if module_path(mod) is not None:

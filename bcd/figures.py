@@ -35,14 +35,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bcd import methods as catalog
 from bcd import params as P
 from bcd.atomic import atomic_write
 
 IGNORE_INDEX = 255
 DPI = 150
-#: Loss types that log a temperature (``loss_<method>_tau``) and that r(t) scales (as
-#: bcd.mm.configs.BCD_LOSSES, not imported: dvc.yaml generation imports no OpenMMLab code).
-BCD_LOSSES = ("BoundaryDistillLoss", "ContextDistillLoss")
 
 # Codes of :func:`difference_mask` and how the grid draws them.
 SAME, FIXED, BROKEN, CHANGED = 0, 1, 2, 3
@@ -171,7 +169,8 @@ def curve_columns(cfg, run: str) -> dict[str, list[str]]:
     ``loss_<method>_tau`` for BCD's terms, ``r_t`` with the decay schedule, and ``lr``."""
     spec = cfg["runs"][run]
     methods = spec.get("distill", [])
-    bcd = [m for m in methods if cfg["methods"][m]["type"] in BCD_LOSSES]
+    # BCD's terms: r(t) scales them (bcd.methods' `scheduled`) and they log their temperature
+    bcd = catalog.scheduled({m: cfg["methods"][m] for m in methods})
     train = ["iter", "loss", "decode_loss_ce", *[f"distill_loss_{m}" for m in methods],
              *[f"loss_{m}_tau" for m in bcd], *(["r_t"] if bcd and spec.get(
                  "weight_decay_schedule") else []), "lr"]
@@ -757,7 +756,7 @@ def boundary_maps(cfg, run: str, seed: int, teacher, student, samples: Sequence[
     bd = next(m for m, s in methods.items() if s["type"] == "BoundaryDistillLoss")
     distiller = load_distiller(cfg, run, seed)
     loss = distiller.distill_losses[f"loss_{bd}"]
-    taps = configs.LOSS_INPUTS["BoundaryDistillLoss"]
+    taps = configs.loss_inputs("BoundaryDistillLoss", methods[bd])
     fuse = {side: distiller.connectors[configs.TAPS[taps[arg]]["connector"]]
             for side, arg in (("teacher", "preds_T"), ("student", "preds_S"))}
     heads = {"teacher": loss.teacher_conv, "student": loss.student_conv}

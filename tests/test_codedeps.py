@@ -55,3 +55,12 @@ def test_the_code_digest_changes_with_content_and_carries_the_newest_code_time(t
     a.write_text("x = 3\n")  # edited: a new digest with the edit's time
     os.utime(a, (4000, 4000))
     assert C.write_digest("train", [str(a), str(b)], folder=tmp_path / "d").stat().st_mtime == 4000
+
+
+def test_the_losses_the_registry_imports_by_name_are_dependencies():
+    from bcd import methods
+
+    train = C.stage_files("train")
+    for method in methods.declared().values():
+        assert C.module_path(method.module).relative_to(C.ROOT).as_posix() in train, method.type
+    assert "bcd.losses.feature_l2" in C.imports_of("bcd.mm.registry")

@@ -10,11 +10,12 @@ pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools
 
 import bcd.mm  # noqa: E402,F401  (patches + registration)
 from bcd import params as P  # noqa: E402
+from bcd.methods import method  # noqa: E402
 from bcd.mm import configs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = P.load_params([ROOT / "params/default.yaml"])
-METHODS = {k: v for k, v in CFG["methods"].items() if v["type"] not in configs.BCD_LOSSES}
+METHODS = {k: v for k, v in CFG["methods"].items() if not method(v["type"]).scheduled}
 NUM_CLASSES = 7
 PAIRS = {
     "pspnet": (dict(arch="pspnet", depth=50, base_channels=8),
@@ -91,3 +92,13 @@ def test_joint_run_decays_only_bcd_terms(pair):
     _, cfg = _algorithm(pair, methods, decay=True)
     hooks = [h for h in cfg.custom_hooks if h["type"] == "DistillLossDecayHook"]
     assert hooks and hooks[0]["loss_names"] == ["loss_bd", "loss_cd"]
+
+
+def test_registry_and_taps_follow_the_declarations():
+    from mmrazor.registry import MODELS
+
+    from bcd import methods as catalog
+
+    assert set(configs.TAPS) == set(catalog.TAP_NAMES)
+    for loss_type in catalog.declared():
+        assert MODELS.get(loss_type) is not None, loss_type  # bcd's own, or mmrazor's (CWD)

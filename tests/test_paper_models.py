@@ -19,6 +19,7 @@ pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools
 
 import bcd.mm  # noqa: E402,F401  (patches + registration)
 from bcd import params as P  # noqa: E402
+from bcd.methods import method  # noqa: E402
 from bcd.mm import compat, configs  # noqa: E402
 from bcd.weights import UntrustedCheckpointError  # noqa: E402
 from seg_batch import seg_batch  # noqa: E402  (tests/seg_batch.py)
@@ -37,7 +38,7 @@ STUDENTS = {
     "espnet": dict(arch="espnet", base_channels=4),
 }
 DEFAULT = P.load_params([ROOT / "params/default.yaml"])
-BASELINES = {k: v for k, v in DEFAULT["methods"].items() if v["type"] not in configs.BCD_LOSSES}
+BASELINES = {k: v for k, v in DEFAULT["methods"].items() if not method(v["type"]).scheduled}
 
 
 def _batch(n=2, size=SIZE):
@@ -169,7 +170,7 @@ def test_bcd_step_into_each_student(name, teacher_ckpt):
 def _applicable(student):
     t_s, t_t = configs.taps(student, NUM_CLASSES), configs.taps(TEACHER, NUM_CLASSES)
     return {k: v for k, v in BASELINES.items()
-            if v["type"] not in configs.SAME_LOGITS_STRIDE or t_s.logits_stride == t_t.logits_stride}
+            if not method(v["type"]).same_logits_stride or t_s.logits_stride == t_t.logits_stride}
 
 
 @pytest.mark.parametrize("name", sorted(STUDENTS))

@@ -24,14 +24,41 @@ from ._kl import tempered_kl
 from ._checks import check_maps
 from .pairs import line_max, pair_lines, partner_mask, shifted
 from .precision import float32_math
+from ..methods import INTEGER, Method, WEIGHT, at_least, choice, temperature
 
 FORMS = ("affinity", "line", "spatial")
 TEACHERS = ("probe", "probe_pred", "prediction")
 DEFAULT_FORM, DEFAULT_TEACHER = "affinity", "probe"
-#: teacher readings that read the teacher's class logits (``teacher_logits``) ...
-TEACHERS_WITH_LOGITS = ("probe_pred", "prediction")
-#: ... and those that read the ground-truth labels (``gt_seg``)
-TEACHERS_WITH_LABELS = ("probe",)
+
+#: bcd.methods: params `type: BoundaryDistillLoss`, on the fused features (Sec. IV-A) and, by
+#: its `teacher` reading, the labels (probe) or the teacher's logits (probe_pred, prediction)
+METHOD = Method(
+    type="BoundaryDistillLoss",
+    inputs=dict(preds_S="student.fused", preds_T="teacher.fused", gt_seg="labels"),
+    settings=dict(
+        radius=at_least(1), teacher_probe_weight=WEIGHT, ignore_index=INTEGER,
+        temperature=temperature(
+            "prob_range", "logit_range", "relative_range",
+            description="BD's temperature: the arguments of `temperature`, and the statistic "
+                        "relative_range (probabilities times the number of entries of their "
+                        "distribution; docs/method.md, \"Adaptive temperature\"), which only "
+                        "BoundaryDistillLoss computes"),
+        form=choice(*FORMS, description=(
+            "what Eq. 3's softmax normalises (docs/method.md, Eq. 2-3): affinity (per pixel, "
+            "over its partners, of the bounded affinities; default), line (the same, of the "
+            "unbounded line-max logits) or spatial (per image, over all positions, of the "
+            "boundary logits)")),
+        teacher=choice(*TEACHERS, default=DEFAULT_TEACHER, description=(
+            "the teacher's boundary (docs/method.md, Eq. 2-3): probe (1x1 conv trained by a "
+            "probe on the ground-truth labels; default), probe_pred (the same probe on the "
+            "teacher's own prediction) or prediction (from the teacher's class probabilities, "
+            "no parameters); probe_pred and prediction use no ground truth"))),
+    inputs_by=dict(teacher=dict(
+        probe_pred=dict(teacher_logits="teacher.logits", gt_seg=None),
+        prediction=dict(teacher_logits="teacher.logits", gt_seg=None))),
+    channels=dict(in_channels="preds_S"),
+    scheduled=True,
+)
 
 
 def check_feature_pair(name: str, preds_S: Tensor, preds_T: Tensor, in_channels: int) -> None:

@@ -20,6 +20,7 @@ from .relation import (
     teacher_relation_extremes,
 )
 from .precision import float32_math
+from ..methods import Method, at_least, choice, temperature
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -37,6 +38,25 @@ _ALIGN = ("conv1x1", "none")
 _NORMALIZE = ("channel", "none")
 _REDUCTION = ("row", "entry")
 _TEACHER_FEATURES = ("fused", "head", "logits")
+
+#: bcd.methods: params `type: ContextDistillLoss`, on the fused features (Sec. IV-A); the teacher
+#: side by `teacher_features` (docs/method.md, Eq. 4-5)
+METHOD = Method(
+    type="ContextDistillLoss",
+    inputs=dict(preds_S="student.fused", preds_T="teacher.fused"),
+    settings=dict(
+        align=choice(*_ALIGN), normalize=choice(*_NORMALIZE), reduction=choice(*_REDUCTION),
+        teacher_features=choice(*_TEACHER_FEATURES, default="fused", description=(
+            "CD's teacher side (docs/method.md, Eq. 4-5): the teacher-side fusion, the "
+            "decoder's last features, or the logits")),
+        block_size=dict(at_least(0), description="rows per block of the exact memory-bounded "
+                        "computation; 0 = materialise hw x hw"),
+        temperature=temperature("prob_range", "logit_range")),
+    inputs_by=dict(teacher_features=dict(head=dict(preds_T="teacher.head"),
+                                         logits=dict(preds_T="teacher.logits"))),
+    channels=dict(in_channels="preds_S", teacher_channels="preds_T"),
+    scheduled=True,
+)
 
 
 def standardize_channels(feat: Tensor, eps: float = 1e-5) -> Tensor:

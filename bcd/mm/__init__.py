@@ -4,7 +4,7 @@ Importing this package applies the torch-2.13 compatibility patches (:mod:`bcd.m
 registers bcd's modules so that any mmrazor/mmseg config can name them:
 
 - mmrazor ``MODELS``: ``PairedTeacherDistill`` (the distillation algorithm, :mod:`bcd.mm.distill`),
-  ``BoundaryDistillLoss``, ``ContextDistillLoss`` (losses),
+  every loss declared in ``bcd/losses`` (:mod:`bcd.methods`; BCD's and the baselines'),
   ``HierarchicalFusion`` and ``SegDataSampleLabels`` (connectors);
 - mmengine ``HOOKS``: ``DistillLossDecayHook`` (r(t), Eq. 7-8), ``NonFiniteLossHook``,
   ``DistillScalarsHook``, ``TrainLogHook``, ``GradNormHook`` (each loss term's gradient

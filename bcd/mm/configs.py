@@ -12,11 +12,12 @@ from typing import Any, Callable, Mapping
 
 from mmengine.config import Config
 
+from bcd import methods as catalog
 from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
 from bcd.mm import distributed
 from bcd.mm.amp import optim_wrapper
 
-FUSED_CHANNELS = 256  # Sec. IV-A: the concatenated features have 256 channels
+FUSED_CHANNELS = catalog.CONNECTOR_DEFAULTS["fused_channels"]  # Sec. IV-A: 256
 
 # ----------------------------------------------------------------------------------------------
 # Models
@@ -131,7 +132,7 @@ LOGITS_STRIDE = {"pspnet": 8, "deeplabv3plus": 4, "segformer": 4, "espnet": 2}
 
 @dataclass(frozen=True)
 class Taps:
-    """What the distillers read from a model (see TAPS / LOSS_INPUTS below)."""
+    """What the distillers read from a model (see TAPS below and bcd.methods)."""
 
     levels: list[int]  # channels of the backbone's outputs (recorder on `backbone`)
     first_stride: int  # stride of levels[0]
@@ -438,10 +439,10 @@ def num_classes(data: Mapping[str, Any]) -> int:
 # ----------------------------------------------------------------------------------------------
 # Distillation: which recorded tensors feed which loss input
 # ----------------------------------------------------------------------------------------------
-# A "tap" names a tensor the distiller can hand to a loss. Each loss type lists the taps its
-# forward() arguments read; adding a method means one loss class and one line here (plus, for a
-# loss with learnable heads, the channel arguments it gets from the model specs in AUTO_ARGS).
-# A loss whose inputs depend on its settings adjusts them in loss_inputs() (BD's teacher).
+# A "tap" names a tensor the distiller can hand to a loss; each loss declares (bcd.methods, the
+# `METHOD` next to the loss) which taps its forward() arguments read and which constructor
+# arguments take their channel counts from the models. This section turns a declaration into
+# mmrazor's recorders, connectors and loss_forward_mappings; adding a loss changes nothing here.
 TAPS: dict[str, dict] = {
     # Sec. IV-A: all backbone levels fused to 256 channels at 1/8 (BCD)
     "student.fused": dict(from_student=True, recorder="backbone", connector="s_fuse"),
@@ -457,60 +458,19 @@ TAPS: dict[str, dict] = {
     "teacher.low": dict(from_student=False, recorder="backbone", data_idx=0),
     "labels": dict(from_student=True, recorder="gt", data_idx=1, connector="gt_labels"),
 }
-_FEATS = dict(preds_S="student.head", preds_T="teacher.head")
-_LOGITS = dict(preds_S="student.logits", preds_T="teacher.logits")
-LOSS_INPUTS: dict[str, dict[str, str]] = {
-    "BoundaryDistillLoss": dict(preds_S="student.fused", preds_T="teacher.fused", gt_seg="labels"),
-    "ContextDistillLoss": dict(preds_S="student.fused", preds_T="teacher.fused"),
-    "PixelKDLoss": _LOGITS,
-    "ChannelWiseDivergence": _LOGITS,  # mmrazor's CWD
-    "PairwiseSimilarityLoss": _FEATS,
-    "IFVDLoss": dict(_FEATS, gt_labels="labels"),
-    "CrossImageRelationLoss": dict(_FEATS, gt_labels="labels"),
-    "BPKDLoss": dict(_LOGITS, gt_labels="labels"),
-    "TATLoss": _FEATS,
-    "SSTKDLoss": dict(preds_S="student.low", preds_T="teacher.low"),
-}
-BCD_LOSSES = ("BoundaryDistillLoss", "ContextDistillLoss")  # the terms r(t) scales (Eq. 8)
-#: CD's teacher side by its `teacher_features` setting (docs/method.md, Eq. 4-5): the teacher-side
-#: fusion T^c (the paper), the teacher decoder's last feature map, or the teacher's logits
-CD_TEACHER_TAPS = {"fused": "teacher.fused", "head": "teacher.head", "logits": "teacher.logits"}
 
 
 def loss_inputs(ltype: str, settings: Mapping[str, Any]) -> dict[str, str]:
-    """The taps of one loss's forward arguments: :data:`LOSS_INPUTS`, adjusted to its settings.
-
-    CD's teacher side follows its ``teacher_features`` (:data:`CD_TEACHER_TAPS`); BD's teacher
-    readings that need no ground truth (``teacher: probe_pred | prediction``) read the teacher's
-    logits instead of the labels (docs/method.md, Eq. 2-5).
-    """
-    inputs = dict(LOSS_INPUTS[ltype])
-    if ltype == "ContextDistillLoss":
-        choice = settings.get("teacher_features", "fused")
-        if choice not in CD_TEACHER_TAPS:
-            raise ValueError(f"ContextDistillLoss: teacher_features must be one of "
-                             f"{sorted(CD_TEACHER_TAPS)}, got {choice!r}")
-        inputs["preds_T"] = CD_TEACHER_TAPS[choice]
-    elif ltype == "BoundaryDistillLoss":
-        from bcd.losses.boundary import DEFAULT_TEACHER, TEACHERS_WITH_LABELS, TEACHERS_WITH_LOGITS
-
-        teacher = settings.get("teacher", DEFAULT_TEACHER)
-        if teacher in TEACHERS_WITH_LOGITS:
-            inputs["teacher_logits"] = "teacher.logits"
-        if teacher not in TEACHERS_WITH_LABELS:
-            inputs.pop("gt_seg")
-    return inputs
-
-
-#: loss types that need the student's and the teacher's logits at the same stride (mmrazor's
-#: CWD does not resize; bcd's losses resize the student to the teacher, align_pair)
-SAME_LOGITS_STRIDE = ("ChannelWiseDivergence",)
+    """The taps of one loss's forward arguments: its declaration's ``inputs``, adjusted to its
+    settings (``inputs_by``: CD's ``teacher_features``, BD's ``teacher``; docs/method.md)."""
+    return catalog.method(ltype).inputs_for(settings)
 
 
 def fused_channels(methods: Mapping[str, Mapping[str, Any]]) -> int:
-    """Width of the hierarchical connector that BD and CD share (their ``fused_channels``)."""
+    """Width of the hierarchical connector that the methods reading fused features (BD and CD)
+    share (their ``fused_channels``)."""
     widths = {name: m.get("fused_channels", FUSED_CHANNELS) for name, m in methods.items()
-              if m["type"] in BCD_LOSSES}
+              if catalog.method(m["type"]).reads_fused}
     if len(set(widths.values())) > 1:
         raise ValueError("BD and CD share one hierarchical connector, but their fused_channels "
                          f"differ: {widths}")
@@ -523,12 +483,13 @@ def teacher_fusion_seed(methods: Mapping[str, Mapping[str, Any]], seed: int) -> 
     Their ``teacher_fusion_seed``: ``'run'`` (default) = the run's ``seed`` (a new random
     projection per seed), or an int >= 0 (one fixed projection for every seed).
     """
-    values = {name: m.get("teacher_fusion_seed", "run") for name, m in methods.items()
-              if m["type"] in BCD_LOSSES}
+    default = catalog.CONNECTOR_DEFAULTS["teacher_fusion_seed"]
+    values = {name: m.get("teacher_fusion_seed", default) for name, m in methods.items()
+              if catalog.method(m["type"]).reads_fused}
     if len(set(values.values())) > 1:
         raise ValueError("BD and CD share one teacher-side connector, but their "
                          f"teacher_fusion_seed differ: {values}")
-    value = next(iter(values.values()), "run")
+    value = next(iter(values.values()), default)
     if value == "run":
         return seed
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -536,32 +497,36 @@ def teacher_fusion_seed(methods: Mapping[str, Mapping[str, Any]], seed: int) -> 
     return value
 
 
-def _auto_args(ltype: str, student: Taps, teacher: Taps, num_classes: int,
-               fused: int = FUSED_CHANNELS, settings: Mapping[str, Any] | None = None) -> dict:
-    """Constructor arguments a loss takes from the models (channels, classes)."""
-    if ltype == "ContextDistillLoss":
-        choice = (settings or {}).get("teacher_features", "fused")
-        if choice == "logits" and num_classes is None:
-            raise ValueError("ContextDistillLoss: teacher_features='logits' needs num_classes")
-        return dict(in_channels=fused, teacher_channels={
-            "fused": fused, "head": teacher.head_channels, "logits": num_classes}.get(choice))
-    if ltype in BCD_LOSSES:
-        return dict(in_channels=fused)
-    if ltype in ("CrossImageRelationLoss", "TATLoss"):
-        out = dict(student_channels=student.head_channels,
-                   teacher_channels=teacher.head_channels)
-        if ltype == "CrossImageRelationLoss":
-            out["num_classes"] = num_classes
-        return out
-    if ltype == "SSTKDLoss":
-        return dict(student_channels=student.levels[0], teacher_channels=teacher.levels[0])
-    return {}
+def tap_channels(tap: str, student: Taps, teacher: Taps, num_classes: int | None,
+                 fused: int = FUSED_CHANNELS) -> int | None:
+    """Channels of the tensor a tap hands to a loss (None: logits without ``num_classes``)."""
+    side, _, what = tap.partition(".")
+    model = student if side == "student" else teacher
+    return {"fused": fused, "logits": num_classes, "head": model.head_channels,
+            "low": model.levels[0]}[what]
+
+
+def loss_channels(ltype: str, inputs: Mapping[str, str], student: Taps, teacher: Taps,
+                  num_classes: int | None, fused: int = FUSED_CHANNELS) -> dict:
+    """Constructor arguments a loss takes from the models: its declaration's ``channels``, each
+    the channel count of one of its inputs (``inputs``: :func:`loss_inputs`) or the classes."""
+    out = {}
+    for arg, ref in catalog.method(ltype).channels.items():
+        if ref == catalog.CLASSES:
+            out[arg] = num_classes
+            continue
+        tap = inputs[ref]
+        out[arg] = tap_channels(tap, student, teacher, num_classes, fused)
+        if out[arg] is None:
+            raise ValueError(f"{ltype}: {arg} is the width of {ref} = {tap} (the number of "
+                             "classes); pass num_classes")
+    return out
 
 
 def _check_applies(name: str, ltype: str, student_spec, teacher_spec, student: Taps,
                    teacher: Taps) -> None:
     """Refuse, at config time, a method that cannot read what this student/teacher pair gives."""
-    if ltype in SAME_LOGITS_STRIDE and student.logits_stride != teacher.logits_stride:
+    if catalog.method(ltype).same_logits_stride and student.logits_stride != teacher.logits_stride:
         raise ValueError(
             f"method {name!r} ({ltype}) compares student and teacher logits pixel by pixel at one "
             f"size, but the student {describe(student_spec)} predicts at 1/{student.logits_stride} "
@@ -580,18 +545,16 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
     losses, mappings, used = {}, {}, set()
     fused = fused_channels(methods)
     t_fuse_seed = teacher_fusion_seed(methods, seed)
-    for name, settings in methods.items():
-        settings = dict(settings)
-        ltype = settings.pop("type")
-        settings.pop("fused_channels", None)  # the connector's width, not the loss's
-        settings.pop("teacher_fusion_seed", None)  # the teacher connector's, not the loss's
-        if ltype not in LOSS_INPUTS:
+    for name, entry in methods.items():
+        ltype = entry["type"]
+        if ltype not in catalog.declared():
             raise ValueError(f"method {name!r}: unknown loss type {ltype!r} "
-                             f"(known: {sorted(LOSS_INPUTS)})")
+                             f"(known: {sorted(catalog.declared())})")
+        settings = catalog.method(ltype).loss_args(entry)  # no type, no connector settings
         _check_applies(name, ltype, student_spec, teacher_spec, s_taps, t_taps)
         inputs = loss_inputs(ltype, settings)
-        for key, value in _auto_args(ltype, s_taps, t_taps, num_classes, fused,
-                                     settings).items():
+        for key, value in loss_channels(ltype, inputs, s_taps, t_taps, num_classes,
+                                        fused).items():
             settings.setdefault(key, value)
         losses[f"loss_{name}"] = dict(type=ltype, **settings)
         mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap]) for arg, tap in inputs.items()}
@@ -748,7 +711,7 @@ def distill_config(*, student_spec, teacher_spec, teacher_ckpt, methods, decay_s
     )
     hooks = [dict(type="DistillScalarsHook")]
     # r(t) scales BCD's own terms (Eq. 8); a joint method keeps its constant weight.
-    decayed = [f"loss_{name}" for name, m in methods.items() if m["type"] in BCD_LOSSES]
+    decayed = [f"loss_{name}" for name in catalog.scheduled(methods)]
     if decay_schedule and decayed:
         hooks.append(dict(type="DistillLossDecayHook", loss_names=decayed))
     return runner_config(model=model, data=data, data_root=data_root, train=train,

@@ -1,22 +1,31 @@
 """Register bcd's pure-PyTorch modules in mmrazor's registry (core modules import no mm* code)."""
 from __future__ import annotations
 
+import importlib
 from typing import Sequence
 
 import torch
 from mmrazor.registry import MODELS
 from torch import nn
 
+from bcd import methods as catalog
 from bcd.connectors import HierarchicalFusion as _HierarchicalFusion
-from bcd.losses import BoundaryDistillLoss, ContextDistillLoss, baselines
 
-MODELS.register_module(module=BoundaryDistillLoss, force=True)
-MODELS.register_module(module=ContextDistillLoss, force=True)
-# the comparison methods of Tables III-IV (CWD is mmrazor's own ChannelWiseDivergence)
-for _loss in (baselines.PixelKDLoss, baselines.PairwiseSimilarityLoss, baselines.IFVDLoss,
-              baselines.CrossImageRelationLoss, baselines.BPKDLoss, baselines.TATLoss,
-              baselines.SSTKDLoss):
-    MODELS.register_module(module=_loss, force=True)
+
+def loss_class(method: catalog.Method) -> type:
+    """The class a declaration names (imports its module; bcd.codedeps counts these imports)."""
+    cls = getattr(importlib.import_module(method.module), method.type, None)
+    if cls is None:
+        raise ValueError(f"{method.module} declares METHOD type {method.type!r} but defines no "
+                         "class of that name")
+    return cls
+
+
+# every declared loss of bcd/losses (BCD's terms and the comparison methods of Tables III-IV);
+# CWD is mmrazor's own ChannelWiseDivergence (external)
+for _method in catalog.declared().values():
+    if _method.external is None:
+        MODELS.register_module(module=loss_class(_method), force=True)
 
 
 @MODELS.register_module(name="HierarchicalFusion", force=True)

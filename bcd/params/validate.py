@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from bcd import methods as catalog
 from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
 from bcd.params.load import ParamsError, deep_merge, known_names, read_params_file
 from bcd.params.resolve import datasets_used, draws_boundary, runs_used, teachers_used
@@ -138,8 +139,12 @@ _VALIDATOR = None
 
 
 def schema() -> dict:
+    """The params schema: :data:`SCHEMA_FILE`, with ``$defs/method`` generated from the losses'
+    declarations (:func:`bcd.methods.schema`)."""
     with open(SCHEMA_FILE, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        out = yaml.safe_load(fh)
+    out["$defs"]["method"] = catalog.schema()
+    return out
 
 
 def _validator():
@@ -225,9 +230,12 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
         if distill and teacher is None:
             out.append((where + ("distill",),
                         f"distillation needs a teacher: set runs.{name}.teacher"))
+        # the methods reading fused features share the connectors (bcd.methods)
+        declared = catalog.declared()
         shared = {m: methods[m] for m in distill
-                  if methods.get(m, {}).get("type") in ("BoundaryDistillLoss", "ContextDistillLoss")}
-        for key, default in (("fused_channels", 256), ("teacher_fusion_seed", "run")):
+                  if methods.get(m, {}).get("type") in declared
+                  and declared[methods[m]["type"]].reads_fused}
+        for key, default in catalog.CONNECTOR_DEFAULTS.items():
             values = {m: settings.get(key, default) for m, settings in shared.items()}
             if len(set(values.values())) > 1:
                 out.append((where + ("distill",),

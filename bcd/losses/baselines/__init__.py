@@ -1,8 +1,9 @@
 """Comparison distillation losses of the BCD paper's Tables III-IV, as plain PyTorch modules.
 
 One module per method; every class has a ``loss_weight`` attribute (read at each call) and a
-``forward`` that returns a scalar already multiplied by it. CWD is not here: use mmrazor's
-``ChannelWiseDivergence``. Equations and choices: ``docs/baselines.md``.
+``forward`` that returns a scalar already multiplied by it; each module declares its wiring
+(``METHOD``, :mod:`bcd.methods`). CWD is mmrazor's ``ChannelWiseDivergence``: ``cwd.py`` only
+declares it. Equations and choices: ``docs/baselines.md``.
 """
 from .bpkd import BPKDLoss, edge_body_masks
 from .cirkd import CrossImageRelationLoss

@@ -10,6 +10,16 @@ from torch import Tensor, nn
 from .._kl import tempered_kl
 from ._common import align_pair, check_int, check_maps, check_positive, labels_at
 from ..precision import float32_math
+from ...methods import Method, INTEGER, POSITIVE, WEIGHT, at_least
+
+#: bcd.methods: params `type: BPKDLoss`, on the segmentation logits and the labels
+METHOD = Method(
+    type="BPKDLoss",
+    inputs=dict(preds_S="student.logits", preds_T="teacher.logits", gt_labels="labels"),
+    settings=dict(kernel_size=at_least(1), compute_iters=at_least(1), tau=POSITIVE,
+                  edge_weight=WEIGHT, body_weight=WEIGHT,
+                  class_weight={"type": "array", "items": WEIGHT}, ignore_index=INTEGER),
+)
 
 
 def edge_body_masks(labels: Tensor, kernel_size: int, compute_iters: int,

@@ -9,8 +9,24 @@ from .._kl import tempered_kl
 from ._common import (align_pair, check_channels, check_int, check_maps, check_positive, conv, conv1x1,
                       labels_at, low_memory)
 from ..precision import float32_math
+from ...methods import Method, CLASSES, INTEGER, POSITIVE, WEIGHT, at_least, choice
 
 _PROJECTORS = ("mlp", "conv1x1", "identity")
+
+#: bcd.methods: params `type: CrossImageRelationLoss`, on the decoder's last features and the
+#: labels; the projector's widths and the region memory's classes come from the models
+METHOD = Method(
+    type="CrossImageRelationLoss",
+    inputs=dict(preds_S="student.head", preds_T="teacher.head", gt_labels="labels"),
+    settings=dict(
+        projector=choice(*_PROJECTORS), contrast_temperature=POSITIVE, kd_temperature=POSITIVE,
+        batch_pixel_weight=WEIGHT, memory_pixel_weight=WEIGHT, memory_region_weight=WEIGHT,
+        pixel_memory_size=at_least(1), region_memory_size=at_least(1),
+        pixel_contrast_size=at_least(1), region_contrast_size=at_least(1),
+        pixel_update_freq=at_least(1), ignore_index=INTEGER, seed=at_least(0),
+        chunk_size=at_least(1)),
+    channels=dict(student_channels="preds_S", teacher_channels="preds_T", num_classes=CLASSES),
+)
 
 
 class CrossImageRelationLoss(nn.Module):

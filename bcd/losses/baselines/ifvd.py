@@ -7,6 +7,14 @@ from torch import Tensor, nn
 
 from ._common import align_pair, check_maps, labels_at
 from ..precision import float32_math
+from ...methods import Method, INTEGER
+
+#: bcd.methods: params `type: IFVDLoss`, on the decoder's last features and the labels
+METHOD = Method(
+    type="IFVDLoss",
+    inputs=dict(preds_S="student.head", preds_T="teacher.head", gt_labels="labels"),
+    settings=dict(ignore_index=INTEGER),
+)
 
 
 def intra_class_similarity(feat: Tensor, labels: Tensor, valid: Tensor, eps: float = 1e-6) -> Tensor:

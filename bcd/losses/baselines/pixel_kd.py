@@ -6,6 +6,14 @@ from torch import Tensor, nn
 from .._kl import tempered_kl
 from ._common import align_pair, check_maps, check_positive
 from ..precision import float32_math
+from ...methods import Method, POSITIVE
+
+#: bcd.methods: params `type: PixelKDLoss`, on the two models' segmentation logits
+METHOD = Method(
+    type="PixelKDLoss",
+    inputs=dict(preds_S="student.logits", preds_T="teacher.logits"),
+    settings=dict(tau=POSITIVE),
+)
 
 
 class PixelKDLoss(nn.Module):

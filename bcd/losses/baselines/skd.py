@@ -9,6 +9,15 @@ from torch import Tensor, nn
 
 from ._common import align_pair, check_int, check_maps, check_positive, low_memory
 from ..precision import float32_math
+from ...methods import Method, at_least
+
+#: bcd.methods: params `type: PairwiseSimilarityLoss`, on the decoder's last features
+METHOD = Method(
+    type="PairwiseSimilarityLoss",
+    inputs=dict(preds_S="student.head", preds_T="teacher.head"),
+    settings=dict(scale={"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                  pool_size=at_least(1)),
+)
 
 
 def node_similarity(feat: Tensor) -> Tensor:

@@ -7,6 +7,16 @@ from torch import Tensor, nn
 
 from ._common import align_pair, check_channels, check_int, check_maps, conv
 from ..precision import float32_math
+from ...methods import Method, WEIGHT, at_least
+
+#: bcd.methods: params `type: SSTKDLoss`, on the first backbone level (widths from the models)
+METHOD = Method(
+    type="SSTKDLoss",
+    inputs=dict(preds_S="student.low", preds_T="teacher.low"),
+    settings=dict(levels=at_least(1), bins=at_least(2), structural_weight=WEIGHT,
+                  statistical_weight=WEIGHT),
+    channels=dict(student_channels="preds_S", teacher_channels="preds_T"),
+)
 
 
 def laplacian_pyramid(feat: Tensor, levels: int) -> Tensor:

@@ -9,6 +9,15 @@ from torch import Tensor, nn
 
 from ._common import align_pair, check_channels, check_int, check_maps, conv, conv1x1, low_memory
 from ..precision import float32_math
+from ...methods import Method, WEIGHT, at_least
+
+#: bcd.methods: params `type: TATLoss`, on the decoder's last features (widths from the models)
+METHOD = Method(
+    type="TATLoss",
+    inputs=dict(preds_S="student.head", preds_T="teacher.head"),
+    settings=dict(patch_size=at_least(1), anchor_size=at_least(1), anchor_weight=WEIGHT),
+    channels=dict(student_channels="preds_S", teacher_channels="preds_T"),
+)
 
 
 def target_aware_error(query: Tensor, value: Tensor, target: Tensor,

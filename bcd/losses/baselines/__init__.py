@@ -1,4 +1,4 @@
-"""Comparison distillation losses of the BCD paper's Tables III-IV, as plain PyTorch modules.
+"""Comparison distillation losses of the BCD paper's Tables III-V, as plain PyTorch modules.
 
 One module per method; every class has a ``loss_weight`` attribute (read at each call) and a
 ``forward`` that returns a scalar already multiplied by it; each module declares its wiring
@@ -7,6 +7,7 @@ declares it. Equations and choices: ``docs/baselines.md``.
 """
 from .bpkd import BPKDLoss, edge_body_masks
 from .cirkd import CrossImageRelationLoss
+from .crosskd import CrossKDLoss, align_to_teacher, giou, kd_quality_focal
 from .ifvd import IFVDLoss, intra_class_similarity
 from .pixel_kd import PixelKDLoss
 from .skd import PairwiseSimilarityLoss, node_similarity
@@ -16,14 +17,18 @@ from .tat import TATLoss, target_aware_error
 __all__ = [
     "BPKDLoss",
     "CrossImageRelationLoss",
+    "CrossKDLoss",
     "IFVDLoss",
     "PairwiseSimilarityLoss",
     "PixelKDLoss",
     "SSTKDLoss",
     "TATLoss",
+    "align_to_teacher",
     "edge_body_masks",
+    "giou",
     "intensity_histogram",
     "intra_class_similarity",
+    "kd_quality_focal",
     "laplacian_pyramid",
     "node_similarity",
     "target_aware_error",

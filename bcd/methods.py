@@ -36,9 +36,12 @@ LOSSES = Path(__file__).resolve().parent / "losses"
 
 #: tensors the distiller can hand to a loss (bcd.mm.configs.TAPS says where each is recorded):
 #: the fused backbone levels (Sec. IV-A), the classifier's output (logits) and input (the
-#: decoder's last features, "head"), the first backbone level ("low"), the ground-truth labels
+#: decoder's last features, "head"), the first backbone level ("low"), a detector's FPN outputs
+#: ("neck", a tuple of levels), the ground-truth labels (segmentation: the label map; detectors:
+#: their instances drawn as a label map, bcd.mm.detection.instance_label_map)
 TAP_NAMES = ("student.fused", "teacher.fused", "student.logits", "teacher.logits",
-             "student.head", "teacher.head", "student.low", "teacher.low", "labels")
+             "student.head", "teacher.head", "student.low", "teacher.low",
+             "student.neck", "teacher.neck", "labels")
 #: a ``channels`` value that is not an input's channel count: the dataset's number of classes
 CLASSES = "classes"
 

@@ -14,7 +14,7 @@ from mmengine.config import Config
 
 from bcd import methods as catalog
 from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
-from bcd.mm import distributed
+from bcd.mm import detection, distributed
 from bcd.mm.amp import optim_wrapper
 
 FUSED_CHANNELS = catalog.CONNECTOR_DEFAULTS["fused_channels"]  # Sec. IV-A: 256
@@ -188,7 +188,10 @@ def _head_widths(spec) -> dict:
 
 
 def taps(spec: Mapping[str, Any], num_classes: int | None = None) -> Taps:
-    """The per-architecture facts the distillers need (``num_classes``: ESPNet's decoder width)."""
+    """The per-architecture facts the distillers need (``num_classes``: ESPNet's decoder width);
+    a detector's are :func:`bcd.mm.detection.taps`."""
+    if detection.is_detector(spec):
+        return detection.taps(spec)
     check_spec(spec)
     bb = BACKBONES[backbone_name(spec)]
     if spec["arch"] == "segformer":
@@ -456,6 +459,9 @@ TAPS: dict[str, dict] = {
     # the first backbone level (low-level texture, SSTKD)
     "student.low": dict(from_student=True, recorder="backbone", data_idx=0),
     "teacher.low": dict(from_student=False, recorder="backbone", data_idx=0),
+    # a detector's FPN outputs (all levels, a tuple: PKD, FGD)
+    "student.neck": dict(from_student=True, recorder="neck"),
+    "teacher.neck": dict(from_student=False, recorder="neck"),
     "labels": dict(from_student=True, recorder="gt", data_idx=1, connector="gt_labels"),
 }
 
@@ -503,7 +509,7 @@ def tap_channels(tap: str, student: Taps, teacher: Taps, num_classes: int | None
     side, _, what = tap.partition(".")
     model = student if side == "student" else teacher
     return {"fused": fused, "logits": num_classes, "head": model.head_channels,
-            "low": model.levels[0]}[what]
+            "low": model.levels[0], "neck": getattr(model, "neck_channels", None)}[what]
 
 
 def loss_channels(ltype: str, inputs: Mapping[str, str], student: Taps, teacher: Taps,
@@ -523,9 +529,30 @@ def loss_channels(ltype: str, inputs: Mapping[str, str], student: Taps, teacher:
     return out
 
 
-def _check_applies(name: str, ltype: str, student_spec, teacher_spec, student: Taps,
-                   teacher: Taps) -> None:
+def _check_applies(name: str, ltype: str, inputs: Mapping[str, str], student_spec,
+                   teacher_spec, student: Taps, teacher: Taps) -> None:
     """Refuse, at config time, a method that cannot read what this student/teacher pair gives."""
+    for role, model_spec, model in (("student", student_spec, student),
+                                    ("teacher", teacher_spec, teacher)):
+        for tap in inputs.values():
+            side, _, what = (tap or "").partition(".")
+            if side != role:
+                continue
+            if what in ("logits", "head") and model.head_channels is None:
+                raise ValueError(
+                    f"method {name!r} ({ltype}) reads the {role}'s segmentation {what}, but the "
+                    f"{role} {describe(model_spec)} is a detector (no decode head); on detectors "
+                    "use BD/CD (fused backbone levels) or the FPN methods (PKD, FGD)")
+            if what == "neck" and getattr(model, "neck_channels", None) is None:
+                raise ValueError(
+                    f"method {name!r} ({ltype}) reads the {role}'s FPN outputs, but the {role} "
+                    f"{describe(model_spec)} is a segmentor (no FPN); it applies to detectors")
+    if (inputs.get("preds_S") == "student.neck"
+            and student.neck_channels != teacher.neck_channels):
+        raise ValueError(
+            f"method {name!r} ({ltype}) compares the FPN outputs channel by channel, but the "
+            f"student's have {student.neck_channels} channels and the teacher's "
+            f"{teacher.neck_channels}; give both models the same neck_channels")
     if catalog.method(ltype).same_logits_stride and student.logits_stride != teacher.logits_stride:
         raise ValueError(
             f"method {name!r} ({ltype}) compares student and teacher logits pixel by pixel at one "
@@ -551,8 +578,8 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
             raise ValueError(f"method {name!r}: unknown loss type {ltype!r} "
                              f"(known: {sorted(catalog.declared())})")
         settings = catalog.method(ltype).loss_args(entry)  # no type, no connector settings
-        _check_applies(name, ltype, student_spec, teacher_spec, s_taps, t_taps)
         inputs = loss_inputs(ltype, settings)
+        _check_applies(name, ltype, inputs, student_spec, teacher_spec, s_taps, t_taps)
         for key, value in loss_channels(ltype, inputs, s_taps, t_taps, num_classes,
                                         fused).items():
             settings.setdefault(key, value)
@@ -581,7 +608,13 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
         record("logits", "ModuleOutputs", "classifier")
     if used & {"student.head", "teacher.head"}:
         record("head", "ModuleInputs", "classifier")
-    if "labels" in used:
+    if used & {"student.neck", "teacher.neck"}:
+        record("neck", "ModuleOutputs", "neck")
+    if "labels" in used and detection.is_detector(student_spec):
+        # the detector's loss(inputs, data_samples): its instances drawn as a label map
+        s_rec["gt"] = dict(type="MethodInputs", source=s_taps.loss_method)
+        connectors["gt_labels"] = dict(type="DetDataSampleLabels")
+    elif "labels" in used:
         s_rec["gt"] = dict(type="MethodInputs",
                            source="mmseg.models.segmentors.EncoderDecoder.loss")
         connectors["gt_labels"] = dict(type="SegDataSampleLabels")

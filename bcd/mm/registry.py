@@ -63,3 +63,19 @@ class SegDataSampleLabels(nn.Module):
         if not data_samples or not hasattr(data_samples[0], "gt_sem_seg"):
             raise ValueError("SegDataSampleLabels needs SegDataSample objects with gt_sem_seg")
         return torch.stack([s.gt_sem_seg.data.squeeze(0) for s in data_samples]).long()
+
+
+@MODELS.register_module(force=True)
+class DetDataSampleLabels(nn.Module):
+    """Connector: mmdet ``DetDataSample`` list -> ``(N, H, W)`` long label map of the ground-truth
+    instances at the padded batch size (:func:`bcd.mm.detection.instance_label_map`; ``mode``
+    ``'instance'`` or ``'class'``), for BD's probe on detectors (docs/method.md)."""
+
+    def __init__(self, mode: str = "instance"):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, data_samples: Sequence) -> torch.Tensor:
+        from bcd.mm.detection import instance_label_map
+
+        return instance_label_map(data_samples, self.mode)

@@ -1,0 +1,240 @@
+"""The detectors of Table V (MMDetection 3.x): GFL, RetinaNet and Cascade Mask R-CNN on ResNets.
+
+Each model is mmdet's own 1x COCO config (``mmdet::gfl/gfl_r50_fpn_1x_coco.py`` ...), loaded from
+the installed package and changed only where a params model spec says so: the ResNet's depth
+and width (``base_channels``: 64 = the paper's width), the FPN/head width (``neck_channels``,
+default 256 x width), the number of classes, and, for small images, Cascade's proposal and RoI
+counts (``proposals``). Everything else follows the baseline configs, as the paper says.
+
+What BCD and the comparison methods read from a detector (:class:`DetTaps`): the ResNet's four
+levels (strides 4 to 32; BCD fuses them to 1/8, Sec. IV-A), the FPN's outputs (PKD, FGD), and
+the ground truth of the batch (BD's probe labels, FGD's boxes) from the detector's ``loss``.
+
+mmdet is imported only inside functions: segmentation runs never need it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+#: arch -> mmdet's config of the baseline model (the R50 1x COCO schedule)
+CONFIGS = {
+    "gfl": "gfl/gfl_r50_fpn_1x_coco.py",
+    "retinanet": "retinanet/retinanet_r50_fpn_1x_coco.py",
+    "cascade_mask_rcnn": "cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py",
+}
+#: archs that predict instance masks (mAP^m); the others only boxes
+MASK_ARCHS = ("cascade_mask_rcnn",)
+#: the method of the detector whose inputs carry the batch's data samples (ground truth)
+LOSS_METHODS = {
+    "gfl": "mmdet.models.detectors.single_stage.SingleStageDetector.loss",
+    "retinanet": "mmdet.models.detectors.single_stage.SingleStageDetector.loss",
+    "cascade_mask_rcnn": "mmdet.models.detectors.two_stage.TwoStageDetector.loss",
+}
+_RESNET_EXPANSION = {18: 1, 34: 1, 50: 4, 101: 4, 152: 4}
+# mmdet's detection pipelines normalise with the ImageNet statistics (BGR files -> RGB)
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+class MMDetMissingError(ModuleNotFoundError):
+    """mmdet is not installed (``tools/setup_env.sh`` installs it)."""
+
+
+def require_mmdet():
+    """Import mmdet (and register its modules without changing the default scope), or raise a
+    clear error saying how to install it."""
+    try:
+        import mmdet  # noqa: F401
+        from mmdet.utils import register_all_modules
+    except ModuleNotFoundError as err:
+        raise MMDetMissingError(
+            "the detectors of Table V need MMDetection: `pip install mmdet==3.3.0 pycocotools "
+            "shapely terminaltables` (tools/setup_env.sh installs them)") from err
+    register_all_modules(init_default_scope=False)
+    import mmdet
+
+    return mmdet
+
+
+def is_detector(spec: Mapping[str, Any]) -> bool:
+    return spec.get("arch") in CONFIGS
+
+
+def has_masks(spec: Mapping[str, Any]) -> bool:
+    return spec.get("arch") in MASK_ARCHS
+
+
+def resnet_levels(spec: Mapping[str, Any]) -> list[int]:
+    """Channels of the ResNet's four stages at this width."""
+    depth, base = spec["depth"], spec.get("base_channels", 64)
+    if depth not in _RESNET_EXPANSION:
+        raise ValueError(f"unknown ResNet depth {depth} (known: {sorted(_RESNET_EXPANSION)})")
+    return [base * _RESNET_EXPANSION[depth] * 2 ** i for i in range(4)]
+
+
+def neck_channels(spec: Mapping[str, Any]) -> int:
+    """FPN (and head) width: ``neck_channels``, default 256 x ``base_channels`` / 64."""
+    return int(spec.get("neck_channels") or 256 * spec.get("base_channels", 64) // 64)
+
+
+@dataclass(frozen=True)
+class DetTaps:
+    """What the distillers read from a detector (the detection counterpart of
+    :class:`bcd.mm.configs.Taps`)."""
+
+    levels: list[int]      # channels of the backbone's outputs (recorder on `backbone`)
+    neck_channels: int     # channels of every FPN output (recorder on `neck`)
+    loss_method: str       # MethodInputs source that carries the data samples
+    first_stride: int = 4
+    head_channels: None = None   # no decode head: methods on logits/head features do not apply
+    logits_stride: None = None
+    backbone: str = "backbone"
+    neck: str = "neck"
+
+
+def taps(spec: Mapping[str, Any]) -> DetTaps:
+    check_spec(spec)
+    return DetTaps(levels=resnet_levels(spec), neck_channels=neck_channels(spec),
+                   loss_method=LOSS_METHODS[spec["arch"]])
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    if spec.get("arch") not in CONFIGS:
+        raise ValueError(f"unknown detector {spec.get('arch')!r} (known: {', '.join(CONFIGS)})")
+    if spec.get("backbone", "resnet") != "resnet":
+        raise ValueError(f"{spec['arch']}: the detectors of Table V use ResNet backbones")
+    resnet_levels(spec)
+    if neck_channels(spec) % 32:
+        raise ValueError(f"{spec['arch']}: neck_channels {neck_channels(spec)} must be a "
+                         "multiple of 32 (the heads' GroupNorm has 32 groups)")
+
+
+def base_config(arch: str) -> dict:
+    """mmdet's config of the baseline model (a plain dict of its ``model``)."""
+    import os
+
+    from mmengine.config import Config
+
+    mmdet = require_mmdet()
+    path = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", CONFIGS[arch])
+    return Config.fromfile(path).model.to_dict()
+
+
+def _proposals(m: dict, spec: Mapping[str, Any]) -> None:
+    """Cascade's proposal and RoI counts (``proposals: {rpn: N, rois: M}``): mmdet's 2000/1000
+    proposals and 512 RoIs per image are sized for 800 x 1333 images."""
+    prop = spec.get("proposals")
+    if not prop:
+        return
+    rpn, rois = int(prop.get("rpn", 1000)), int(prop.get("rois", 512))
+    m["train_cfg"]["rpn_proposal"].update(nms_pre=rpn * 2, max_per_img=rpn)
+    m["test_cfg"]["rpn"].update(nms_pre=rpn, max_per_img=rpn)
+    for stage in m["train_cfg"]["rcnn"]:
+        stage["sampler"]["num"] = rois
+
+
+def detector(spec: Mapping[str, Any], num_classes: int) -> dict:
+    """An mmdet detector config for a params model spec (``arch``: gfl, retinanet or
+    cascade_mask_rcnn; ``depth``; ``base_channels``; optional ``neck_channels``,
+    ``proposals``, ``pretrained``).
+
+    Without ImageNet weights (``pretrained`` unset: training from scratch, as everywhere in the
+    embedded profile) no stage is frozen and BatchNorm trains (``frozen_stages=-1``,
+    ``norm_eval=False``): mmdet's defaults freeze the stem and the BN statistics of a
+    pretrained backbone, which would freeze random weights here.
+    """
+    check_spec(spec)
+    arch, width = spec["arch"], neck_channels(spec)
+    m = base_config(arch)
+    bb = m["backbone"]
+    bb.update(depth=int(spec["depth"]), base_channels=int(spec.get("base_channels", 64)))
+    if spec.get("pretrained"):
+        bb["init_cfg"] = dict(type="Pretrained", checkpoint=str(spec["pretrained"]),
+                              model=f"{arch} / resnet-{spec['depth']} backbone")
+    else:
+        bb.update(init_cfg=None, frozen_stages=-1, norm_eval=False)
+    m["neck"].update(in_channels=resnet_levels(spec), out_channels=width)
+    if arch in ("gfl", "retinanet"):
+        m["bbox_head"].update(num_classes=num_classes, in_channels=width, feat_channels=width)
+    else:
+        m["rpn_head"].update(in_channels=width, feat_channels=width)
+        roi = m["roi_head"]
+        roi["bbox_roi_extractor"]["out_channels"] = width
+        roi["mask_roi_extractor"]["out_channels"] = width
+        fc = int(spec.get("fc_channels") or 1024 * spec.get("base_channels", 64) // 64)
+        for head in roi["bbox_head"]:
+            head.update(num_classes=num_classes, in_channels=width, fc_out_channels=fc)
+        roi["mask_head"].update(num_classes=num_classes, in_channels=width,
+                                conv_out_channels=width)
+        _proposals(m, spec)
+    m["data_preprocessor"] = data_preprocessor(with_masks=has_masks(spec))
+    m["_scope_"] = "mmdet"
+    return m
+
+
+def data_preprocessor(with_masks: bool = False) -> dict:
+    return dict(type="mmdet.DetDataPreprocessor", mean=MEAN, std=STD, bgr_to_rgb=True,
+                pad_size_divisor=32, pad_mask=with_masks)
+
+
+def describe(spec: Mapping[str, Any]) -> str:
+    return f"{spec['arch']} / resnet-{spec['depth']}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Ground truth for the distillers: the batch's instances as a label map (BD's probe)
+# ----------------------------------------------------------------------------------------------
+def instance_label_map(data_samples: Sequence, mode: str = "instance"):
+    """``(N, H, W)`` long map of each image's ground-truth instances at the padded batch size.
+
+    ``mode='instance'`` (default): 0 = background, 1..K = the image's instances (object-level
+    boundaries: two touching objects of one class keep the boundary between them);
+    ``'class'``: 0 = background, 1 + the class id. Each instance covers its mask, or its box when
+    the data has no masks; larger instances are drawn first, so a smaller one in front of a
+    larger one stays visible (docs/method.md, "BCD on detectors").
+    """
+    import numpy as np
+    import torch
+
+    if mode not in ("instance", "class"):
+        raise ValueError(f"instance_label_map: mode must be 'instance' or 'class', got {mode!r}")
+    if not data_samples or not hasattr(data_samples[0], "gt_instances"):
+        raise ValueError("instance_label_map needs mmdet DetDataSample objects with gt_instances")
+    h, w = data_samples[0].metainfo.get("batch_input_shape") or data_samples[0].metainfo["pad_shape"][:2]
+    out = torch.zeros(len(data_samples), h, w, dtype=torch.long)
+    for i, sample in enumerate(data_samples):
+        gt = sample.gt_instances
+        boxes = gt.bboxes.tensor if hasattr(gt.bboxes, "tensor") else gt.bboxes
+        boxes = boxes.detach().cpu()
+        labels = gt.labels.detach().cpu()
+        masks = getattr(gt, "masks", None)
+        if masks is not None and len(masks):
+            dense = masks.to_ndarray() if hasattr(masks, "to_ndarray") else np.asarray(masks)
+            dense = torch.as_tensor(dense[:, :h, :w].astype(bool))
+            areas = dense.flatten(1).sum(1).float()
+        else:
+            dense = None
+            areas = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+        for k in torch.argsort(areas, descending=True).tolist():
+            value = k + 1 if mode == "instance" else int(labels[k]) + 1
+            if dense is not None:
+                region = torch.zeros(h, w, dtype=torch.bool)
+                mh, mw = dense.shape[1:]
+                region[:mh, :mw] = dense[k]
+                out[i][region] = value
+            else:
+                x0, y0, x1, y1 = boxes[k].tolist()
+                x0, y0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+                x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+                out[i, y0:y1, x0:x1] = value
+    return out
+
+
+def gt_boxes(data_samples: Sequence) -> list:
+    """Each image's ground-truth boxes ``(K, 4)`` (x0, y0, x1, y1 in input pixels)."""
+    out = []
+    for sample in data_samples:
+        boxes = sample.gt_instances.bboxes
+        out.append(copy.copy(boxes.tensor if hasattr(boxes, "tensor") else boxes))
+    return out

@@ -1,0 +1,155 @@
+"""Table V's detectors through mmrazor: each one distils with BCD (BD + CD on the fused backbone
+levels) and PKD (FPN) for two iterations; the ground truth BD's probe reads; methods that do not
+apply to a detector (or to a segmentor) are refused by name; the COCO-format data."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mmdet", reason="the detection stack is installed by tools/setup_env.sh")
+
+import bcd.mm  # noqa: E402,F401  (patches + registration)
+from bcd.data import coco  # noqa: E402
+from bcd.mm import configs, detection  # noqa: E402
+
+METHODS = {"bd": {"type": "BoundaryDistillLoss"}, "cd": {"type": "ContextDistillLoss"},
+           "pkd": {"type": "PKDLoss"}}
+PAIRS = {"gfl": (18, 50), "retinanet": (50, 101), "cascade_mask_rcnn": (50, 101)}
+
+
+def _spec(arch, depth):
+    return dict(arch=arch, depth=depth, base_channels=16, neck_channels=32,
+                proposals=dict(rpn=64, rois=32))
+
+
+def _algorithm(arch, methods=METHODS, num_classes=3):
+    from mmengine.config import ConfigDict
+    from mmrazor.registry import MODELS
+
+    s_spec, t_spec = (_spec(arch, d) for d in PAIRS[arch])
+    model = dict(_scope_="mmrazor", type="PairedTeacherDistill",
+                 data_preprocessor=detection.data_preprocessor(detection.has_masks(s_spec)),
+                 architecture=detection.detector(s_spec, num_classes),
+                 teacher=detection.detector(t_spec, num_classes), teacher_ckpt=None,
+                 distiller=configs.distiller(methods, s_spec, t_spec, seed=0,
+                                             num_classes=num_classes))
+    return MODELS.build(ConfigDict(model))
+
+
+def _batch(arch, num_classes=3):
+    from mmdet.testing import demo_mm_inputs
+
+    torch.manual_seed(0)
+    return demo_mm_inputs(batch_size=2, image_shapes=(3, 64, 96), num_items=[3, 2],
+                          num_classes=num_classes, with_mask=arch in detection.MASK_ARCHS)
+
+
+@pytest.mark.parametrize("arch", sorted(PAIRS))
+def test_each_detector_distils_with_bcd_and_pkd_for_two_iterations(arch):
+    torch.manual_seed(0)
+    algo = _algorithm(arch)
+    algo.train()
+    optim = torch.optim.SGD([p for p in algo.parameters() if p.requires_grad], lr=1e-3)
+    teacher_before = {k: v.clone() for k, v in algo.teacher.state_dict().items()}
+    for _ in range(2):
+        data = algo.data_preprocessor(_batch(arch), True)
+        losses = algo(**data, mode="loss")
+        distill = {k: v for k, v in losses.items() if k.startswith("distill.")}
+        assert set(distill) == {"distill.loss_bd", "distill.loss_cd", "distill.loss_pkd"}
+        assert all(torch.isfinite(v) and v > 0 for v in distill.values()), distill
+        parsed, _ = algo.parse_losses(losses)
+        optim.zero_grad()
+        parsed.backward()
+        assert all(p.grad is None for p in algo.teacher.parameters())
+        optim.step()
+    assert all(torch.equal(v, algo.teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert all(not m.training for m in algo.teacher.modules())
+    fuse = algo.distiller.connectors["s_fuse"]
+    assert fuse.lateral_convs[0].weight.grad is not None  # BD/CD train the student's connector
+
+
+def test_detector_configs_follow_the_spec():
+    spec = dict(arch="gfl", depth=18, base_channels=16)
+    m = detection.detector(spec, num_classes=5)
+    assert m["backbone"]["depth"] == 18 and m["backbone"]["base_channels"] == 16
+    assert m["backbone"]["frozen_stages"] == -1 and m["backbone"]["norm_eval"] is False
+    assert m["neck"]["in_channels"] == [16, 32, 64, 128] and m["neck"]["out_channels"] == 64
+    assert m["bbox_head"]["num_classes"] == 5
+    paper = detection.detector(dict(arch="gfl", depth=50, base_channels=64,
+                                    pretrained="torchvision://resnet50"), 80)
+    assert paper["neck"]["out_channels"] == 256 and paper["backbone"]["frozen_stages"] == 1
+    with pytest.raises(ValueError, match="multiple of 32"):
+        detection.detector(dict(arch="gfl", depth=18, base_channels=16, neck_channels=40), 3)
+    with pytest.raises(ValueError, match="unknown detector"):
+        detection.detector(dict(arch="yolo", depth=18), 3)
+
+
+def test_methods_that_do_not_apply_are_refused_by_name():
+    s, t = _spec("gfl", 18), _spec("gfl", 50)
+    with pytest.raises(ValueError, match="is a detector"):
+        configs.distiller({"kd": {"type": "PixelKDLoss"}}, s, t, num_classes=3)
+    with pytest.raises(ValueError, match="is a detector"):
+        configs.distiller({"bd": {"type": "BoundaryDistillLoss", "teacher": "prediction"}},
+                          s, t, num_classes=3)
+    seg = dict(arch="pspnet", depth=18, base_channels=16)
+    with pytest.raises(ValueError, match="is a segmentor"):
+        configs.distiller({"pkd": {"type": "PKDLoss"}}, seg, dict(seg, depth=50), num_classes=3)
+    with pytest.raises(ValueError, match="same neck_channels"):
+        configs.distiller({"pkd": {"type": "PKDLoss"}}, s, dict(t, neck_channels=64),
+                          num_classes=3)
+
+
+def test_bd_probe_labels_are_the_instances_drawn_smallest_on_top():
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    sample = DetDataSample(metainfo=dict(batch_input_shape=(8, 10), pad_shape=(8, 10)))
+    sample.gt_instances = InstanceData(
+        bboxes=torch.tensor([[0.0, 0.0, 6.0, 6.0], [4.0, 4.0, 8.0, 7.0]]),
+        labels=torch.tensor([2, 0]))
+    got = detection.instance_label_map([sample])
+    want = torch.zeros(1, 8, 10, dtype=torch.long)
+    want[0, 0:6, 0:6] = 1
+    want[0, 4:7, 4:8] = 2  # the smaller box is drawn last
+    assert torch.equal(got, want)
+    classes = detection.instance_label_map([sample], mode="class")
+    assert classes[0, 0, 0] == 3 and classes[0, 5, 5] == 1
+    with pytest.raises(ValueError, match="mode"):
+        detection.instance_label_map([sample], mode="semantic")
+
+
+def test_embedded_coco_set_holds_the_scenes_objects(tmp_path):
+    lab = np.zeros((20, 20), np.uint8)
+    lab[2:6, 2:6] = 4          # one plate, 16 px
+    lab[10:12, 0:20] = 5       # one wire, 40 px
+    lab[15, 15] = 4            # a 1-px piece: below min_area
+    found = coco.instances(lab, min_area=4)
+    assert [(c, int(m.sum())) for c, m in found] == [(4, 16), (5, 40)]
+    root = coco.generate(tmp_path / "shapes_coco", seed=0, num_train=3, num_val=2, num_test=2,
+                         height=32)
+    meta = coco.check_dataset(root)
+    ann = json.loads((root / "annotations/instances_val.json").read_text())
+    assert len(ann["images"]) == 2 and meta["counts"]["val"]["instances"] == len(ann["annotations"])
+    assert {c["id"] for c in ann["categories"]} == set(range(1, 7))
+    from pycocotools import mask as mask_utils
+
+    first = ann["annotations"][0]
+    decoded = mask_utils.decode(dict(first["segmentation"], counts=first["segmentation"]["counts"].encode()))
+    assert int(decoded.sum()) == first["area"]
+    (root / "annotations/instances_test.json").unlink()
+    with pytest.raises(FileNotFoundError, match="instances_test.json"):
+        coco.check_dataset(root)
+
+
+def test_coco2017_layout_errors_name_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*cocodataset.org"):
+        coco.check_coco2017(tmp_path / "nowhere")
+    (tmp_path / "train2017").mkdir()
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations/instances_train2017.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"missing val2017, annotations/instances_val2017"):
+        coco.check_coco2017(tmp_path)
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "annotations/instances_val2017.json").write_text("{}")
+    assert coco.check_coco2017(tmp_path) == tmp_path

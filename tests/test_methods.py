@@ -87,7 +87,7 @@ def test_a_new_file_is_found_and_bad_declarations_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,words", [
-    (dict(inputs=dict(preds_S="student.neck")), "unknown taps ['student.neck']"),
+    (dict(inputs=dict(preds_S="student.backbone")), "unknown taps ['student.backbone']"),
     (dict(inputs={}), "inputs must name at least one tap"),
     (dict(inputs=dict(preds_S="student.head"), settings=dict(loss_weight={})),
      "'loss_weight' is every method's"),

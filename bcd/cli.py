@@ -25,36 +25,23 @@ def _data(args) -> None:
     cfg = P.load_params(args.params)
     key = args.dataset  # None: the top-level `data`; else a key of `datasets`
     data, out = P.data_section(cfg, key), P.data_dir(cfg, key)
-    from bcd.data import paper
+    from bcd.data.registry import dataset_entry
 
-    if data["dataset"] in paper.DATASETS:  # checked where it lies, never downloaded or copied
-        root = paper.prepare(data["dataset"], data["root"], out)
-    elif data["dataset"] == "camvid":
-        from bcd.data.camvid import prepare
-
-        root = prepare(data["camvid"]["source"], out, sha256=data["camvid"].get("sha256"))
-    else:
-        from bcd.data.synthetic import generate
-
-        gen = data["shapes"]
-        # the stage owns its folder: one generated with other arguments (an older params file,
-        # or one from before the test split) is rebuilt, as Snakemake and DVC would clear it
-        root = generate(out, seed=gen["seed"], num_train=gen["num_train"],
-                        num_val=gen["num_val"], num_test=gen.get("num_test", 0),
-                        height=data["height"], width=data.get("width"), overwrite=True)
+    # its registry entry prepares it: generated (shapes), converted (camvid), or checked where
+    # it lies, never downloaded or copied (the paper's datasets)
+    root = dataset_entry(data).prepare(data, out)
     print(f"dataset ready: {root}")
 
 
 def _class_weights(args) -> None:
     from bcd.data.class_weights import (class_frequencies, median_frequency_weights,
                                         split_label_files)
-    from bcd.mm.configs import num_classes
+    from bcd.data.registry import dataset_entry
 
     cfg = P.load_params(args.params)
     data, root = P.data_section(cfg, args.dataset), P.data_dir(cfg, args.dataset)
-    names = [str(c) for c in range(num_classes(data))]
-    if data["dataset"] == "camvid":
-        from bcd.data.camvid import CLASSES as names
+    entry = dataset_entry(data)
+    names = entry.classes or [str(c) for c in range(entry.num_classes)]
     pixels, present_in = class_frequencies(split_label_files(root, args.split), len(names))
     weights = median_frequency_weights(pixels, present_in, args.power)
     share = pixels / max(pixels.sum(), 1)

@@ -26,7 +26,7 @@ ROOT = PACKAGE.parent
 
 #: the module each kind of stage runs (``python -m bcd <command>``)
 STAGE_MODULES = {
-    "data": ("bcd.data.paper", "bcd.data.camvid", "bcd.data.synthetic"),
+    "data": ("bcd.data.registry",),
     "teacher": ("bcd.train",),
     "train": ("bcd.train",),
     "evaluate": ("bcd.evaluate",),
@@ -38,8 +38,9 @@ ENTRY = ("bcd.__main__", "bcd.cli", "bcd.params", "bcd.specrecord")
 #: non-Python files a module reads whose content can change a result
 DATA_FILES = {"bcd.reference": ("bcd/reference/bcd_reported_results.csv",)}
 #: modules that import others by name at run time: each counts as importing every module of
-#: these packages (bcd.mm.registry imports the module of every loss that bcd.methods finds)
-DYNAMIC_IMPORTS = {"bcd.mm.registry": ("bcd.losses",)}
+#: these packages (bcd.mm.registry imports the module of every loss that bcd.methods finds;
+#: bcd.data.registry imports every module of bcd.data and collects their dataset ENTRIES)
+DYNAMIC_IMPORTS = {"bcd.mm.registry": ("bcd.losses",), "bcd.data.registry": ("bcd.data",)}
 
 
 def module_path(name: str) -> Path | None:

@@ -126,20 +126,18 @@ def label_edges(labels) -> np.ndarray:
 
 
 def dataset_classes(data: Mapping[str, Any]) -> tuple[tuple[str, ...], list[list[int]]]:
-    """Class names and palette of the params' dataset."""
-    from bcd.data.paper import DATASETS as PAPER
+    """Class names and palette of the params' dataset (its registry entry's, or those of its
+    mmseg dataset class: the paper's datasets)."""
+    from bcd.data.registry import dataset_entry
 
-    if data["dataset"] in PAPER:  # mmseg's own class names and palette
+    entry = dataset_entry(data)
+    if entry.classes is None:  # mmseg's own class names and palette
         import bcd.mm  # noqa: F401
         from mmseg.registry import DATASETS
 
-        meta = DATASETS.get(PAPER[data["dataset"]].mmseg_type).METAINFO
+        meta = DATASETS.get(entry.mmseg_type).METAINFO
         return tuple(meta["classes"]), [list(c) for c in meta["palette"]]
-    if data["dataset"] == "camvid":
-        from bcd.data.camvid import CLASSES, PALETTE
-    else:
-        from bcd.data.synthetic import CLASSES, PALETTE
-    return tuple(CLASSES), [list(c) for c in PALETTE]
+    return tuple(entry.classes), [list(c) for c in entry.palette]
 
 
 # ----------------------------------------------------------------------------------------------

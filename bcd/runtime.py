@@ -40,30 +40,11 @@ def require_dataset(spec: DataSpec) -> Path:
     """The prepared dataset folder of a dataset key (``spec``: :func:`bcd.params.data_job`), or
     a clear error saying how to make it. The paper's datasets stay at ``root``, checked as the
     data stage checks them (:mod:`bcd.data.paper`)."""
-    from bcd.data import paper
+    from bcd.data.registry import dataset_entry
 
     root, data = spec.dir, spec.section
     make = f"run `{spec.make_command()}` first"
-    if data["dataset"] in paper.DATASETS:
-        paper.check_dataset(data["dataset"], data["root"])
-        return Path(data["root"])
-    if data["dataset"] == "shapes":
-        from bcd.data.synthetic import check_dataset
-        from bcd.mm.configs import eval_split
-
-        split = eval_split(data)
-        if check_dataset(root)["counts"][split] == 0:  # a folder from before the test split
-            raise FileNotFoundError(f"dataset {root} holds no {split} split, which the tables "
-                                    f"report (shapes.eval_split); rebuild it: {make}")
-    elif data["dataset"] == "camvid":
-        from bcd.data import camvid
-        try:
-            camvid.check_dataset(root)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err}; {make}") from None
-    elif not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} is missing; {make}")
-    return root
+    return Path(dataset_entry(data).require(data, root, make))
 
 
 def require_teacher(teacher: TeacherCheckpoint) -> Path:

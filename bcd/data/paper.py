@@ -17,12 +17,15 @@ params name        mmseg class         classes  splits (bcd name: folders)      
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from bcd.data.registry import DatasetEntry, crop_size
 
 IGNORE = 255
 STAMP = "dataset.json"  # what the data stage writes under paths.data (the dataset stays at root)
@@ -243,6 +246,83 @@ def prepare(name: str, root: str | os.PathLike, dest: str | os.PathLike, sample:
     from bcd.atomic import write_json_atomic
 
     counts = check_dataset(name, root, sample=sample)
+    # the facts downstream stages read (scale, splits, suffixes, ...): a changed fact changes
+    # this output, so the stages that read the dataset rerun (DVC hashes the folder)
     write_json_atomic(Path(dest) / STAMP, {"dataset": name, "root": str(Path(root).resolve()),
-                                     "counts": counts})
+                                           "counts": counts, "facts": facts(name)})
     return Path(root)
+
+
+def facts(name: str) -> dict:
+    """The record of dataset ``name`` as JSON-able values (what the data stage records)."""
+    return json.loads(json.dumps(asdict(spec(name))))
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry entries (bcd.data.registry): params ``data.dataset: <a key of DATASETS>``
+# ----------------------------------------------------------------------------------------------
+#: JSON schema of ``data.root``, the key the paper's datasets read (bcd.data.registry)
+SETTINGS = {"root": {"type": "string", "minLength": 1, "description": (
+    "the paper's datasets (bcd.data.paper, docs/datasets.md): the folder mmseg's configs call "
+    "data_root (VOCdevkit/VOC2012, cityscapes, ADEChallengeData2016, coco_stuff10k), relative "
+    "to the repository root or absolute; checked by the data stage, never written")}}
+
+
+def pipeline(ds: PaperDataset, data, train: bool) -> list[dict]:
+    """mmseg's standard pipelines (``configs/_base_/datasets/{pascal_voc12_aug,cityscapes,ade20k,
+    coco-stuff10k}.py``) with the crop from the params; ``reduce_zero_label`` is set on the
+    dataset, which ``LoadAnnotations`` follows."""
+    if not train:  # annotations after Resize: labels are scored at the original size
+        return [dict(type="LoadImageFromFile"),
+                dict(type="Resize", scale=ds.scale, keep_ratio=True),
+                dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+    return [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
+            dict(type="RandomResize", scale=ds.scale, ratio_range=(0.5, 2.0), keep_ratio=True),
+            dict(type="RandomCrop", crop_size=crop_size(data), cat_max_ratio=0.75),
+            dict(type="RandomFlip", prob=0.5), dict(type="PhotoMetricDistortion"),
+            dict(type="PackSegInputs")]
+
+
+def dataset_config(ds: PaperDataset, data, root, split: str, train: bool) -> dict:
+    """mmseg's own dataset class on one split (VOC aug's train: a ``ConcatDataset`` of its two
+    parts), with :func:`pipeline`."""
+    if split not in ds.splits:
+        raise ValueError(f"{ds.title} has no {split!r} split (splits: {', '.join(ds.splits)})")
+    steps = pipeline(ds, data, train)
+    parts = []
+    for part in ds.splits[split]:
+        cfg = dict(_scope_="mmseg", type=ds.mmseg_type, data_root=str(root),
+                   data_prefix=dict(img_path=part.img_dir, seg_map_path=part.seg_dir),
+                   img_suffix=ds.img_suffix, seg_map_suffix=ds.seg_suffix,
+                   reduce_zero_label=ds.reduce_zero_label, pipeline=steps)
+        if part.ann_file is not None:
+            cfg["ann_file"] = part.ann_file
+        parts.append(cfg)
+    if len(parts) == 1:
+        return parts[0]
+    return dict(_scope_="mmseg", type="ConcatDataset", datasets=parts)  # VOC train + SBD aug
+
+
+def param_errors(ds: PaperDataset, data) -> list:
+    """The crop must fit the short side the images are rescaled to (mmseg's scale)."""
+    short = min(ds.scale)
+    return [((key,), f"crop {key} {have} is larger than the short side {short} that {ds.title} "
+                     f"images are rescaled to (scale {ds.scale[0]}x{ds.scale[1]})")
+            for key, have in zip(("height", "width"), crop_size(data)) if have > short]
+
+
+def _entry(name: str, ds: PaperDataset) -> DatasetEntry:
+    def require(data, folder, make) -> Path:  # checked where it lies, as the data stage does
+        check_dataset(name, data["root"])
+        return Path(data["root"])
+
+    return DatasetEntry(
+        name=name, title=ds.title, mmseg_type=ds.mmseg_type, num_classes=ds.num_classes,
+        settings=SETTINGS, required=("root",),
+        prepare=lambda data, out: prepare(name, data["root"], out), require=require,
+        dataset=lambda data, root, split, train: dataset_config(ds, data, root, split, train),
+        eval_split=lambda data: ds.eval_split, param_errors=lambda data: param_errors(ds, data),
+        eval_batch_size=1)  # image sizes vary: mmseg stacks a test batch unpadded
+
+
+ENTRIES = tuple(_entry(name, ds) for name, ds in DATASETS.items())

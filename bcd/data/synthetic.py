@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bcd.data.registry import DatasetEntry
+
 GENERATOR_VERSION = "bcd-shapes-1"
 
 CLASSES: tuple[str, ...] = ("background", "stripes", "checker", "speckle", "plate", "wire", "ring")
@@ -674,6 +676,87 @@ def sample_grid(seed: int = 0, n: int = 8, height: int = 64, width: int | None =
         r, c = divmod(i, cols)
         grid[r * (th + gap): r * (th + gap) + th, c * (tw + gap): c * (tw + gap) + tw] = t
     return grid
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry entry (bcd.data.registry): params ``data.dataset: shapes``
+# ----------------------------------------------------------------------------------------------
+#: JSON schema of ``data.shapes`` (merged into the params schema by bcd.data.registry)
+SETTINGS = {"shapes": {
+    "description": "the generated dataset (bcd.data.synthetic)",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["seed", "num_train", "num_val"],
+    "properties": {
+        "seed": {"type": "integer", "minimum": 0},
+        "num_train": {"type": "integer", "minimum": 1},
+        "num_val": {"type": "integer", "minimum": 1},
+        "num_test": {"type": "integer", "minimum": 0, "description": (
+            "test images (split id 2; absent = 0, which eval_split test refuses); train and val "
+            "do not depend on it")},
+        "eval_split": {"enum": ["val", "test"], "description": "split of the tables (default test)"},
+    },
+}}
+
+
+def _prepare(data, out: Path) -> Path:
+    gen = data["shapes"]
+    # the stage owns its folder: one generated with other arguments (an older params file, or
+    # one from before the test split) is rebuilt, as Snakemake and DVC would clear it
+    return generate(out, seed=gen["seed"], num_train=gen["num_train"], num_val=gen["num_val"],
+                    num_test=gen.get("num_test", 0), height=data["height"],
+                    width=data.get("width"), overwrite=True)
+
+
+def eval_split(data) -> str:
+    """``shapes.eval_split``, by default test (choices are made on val, which training
+    evaluates); refused when there are no test images."""
+    shapes = data.get("shapes") or {}
+    split = shapes.get("eval_split", "test")
+    if split == "test" and not shapes.get("num_test"):
+        raise ValueError(f"the tables report the test split (shapes.eval_split, default test) "
+                         f"but shapes.num_test is "
+                         f"{shapes.get('num_test', 'absent')}: set data.shapes.num_test (e.g. 96) "
+                         "and rerun the data stage, or report val with shapes.eval_split: val")
+    return split
+
+
+def _require(data, root: Path, make: str) -> Path:
+    split = eval_split(data)
+    if check_dataset(root)["counts"][split] == 0:  # a folder from before the test split
+        raise FileNotFoundError(f"dataset {root} holds no {split} split, which the tables "
+                                f"report (shapes.eval_split); rebuild it: {make}")
+    return root
+
+
+def _dataset(data, root, split: str, train: bool) -> dict:
+    """mmseg config of one split: whole images, random flip when training."""
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
+    if train:
+        pipeline.append(dict(type="RandomFlip", prob=0.5))
+    pipeline.append(dict(type="PackSegInputs"))
+    return dict(_scope_="mmseg", type="BCDShapesDataset", data_root=str(root),
+                data_prefix=dict(img_path=f"img_dir/{split}", seg_map_path=f"ann_dir/{split}"),
+                pipeline=pipeline)
+
+
+def _param_errors(data) -> list:
+    shapes = data.get("shapes") or {}
+    if shapes.get("eval_split", "test") == "test" and not shapes.get("num_test"):
+        return [(("shapes", "num_test"),
+                 f"no test images (num_test {shapes.get('num_test', 'absent')}), but the "
+                 "tables report the test split (shapes.eval_split: test, the default): set "
+                 "num_test (params/default.yaml has 96), or report val with "
+                 "shapes.eval_split: val")]
+    return []
+
+
+ENTRIES = (DatasetEntry(
+    name="shapes", title="generated shapes", mmseg_type="BCDShapesDataset",
+    num_classes=len(CLASSES), classes=CLASSES, palette=tuple(map(tuple, PALETTE)),
+    settings=SETTINGS, required=("shapes",), prepare=_prepare, require=_require,
+    dataset=_dataset, eval_split=eval_split, param_errors=_param_errors,
+    crop_is_image_size=True),)  # the data stage reads the crop: it is the image size
 
 
 def main(argv: list[str] | None = None) -> int:

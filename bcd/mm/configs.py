@@ -14,6 +14,7 @@ from mmengine.config import Config
 
 from bcd import methods as catalog
 from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
+from bcd.data.registry import crop_size, dataset_entry
 from bcd.mm import detection, distributed
 from bcd.mm.amp import optim_wrapper
 
@@ -309,134 +310,38 @@ def segmentor(spec: Mapping[str, Any], num_classes: int, crop_size, norm: str = 
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-DATASET_TYPES = {"shapes": "BCDShapesDataset", "camvid": "BCDCamVidDataset"}
-
-
-def _paper(data: Mapping[str, Any]):
-    """The :data:`bcd.data.paper.DATASETS` record of the params' dataset, or None."""
-    from bcd.data.paper import DATASETS as PAPER
-
-    return PAPER.get(data["dataset"])
-
-
-def _paper_pipeline(ds, data: Mapping[str, Any], train: bool) -> list[dict]:
-    """mmseg's standard pipelines (``configs/_base_/datasets/{pascal_voc12_aug,cityscapes,ade20k,
-    coco-stuff10k}.py``) with the crop from the params; ``reduce_zero_label`` is set on the
-    dataset, which ``LoadAnnotations`` follows."""
-    if not train:  # annotations after Resize: labels are scored at the original size
-        return [dict(type="LoadImageFromFile"),
-                dict(type="Resize", scale=ds.scale, keep_ratio=True),
-                dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
-    return [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
-            dict(type="RandomResize", scale=ds.scale, ratio_range=(0.5, 2.0), keep_ratio=True),
-            dict(type="RandomCrop", crop_size=crop_size(data), cat_max_ratio=0.75),
-            dict(type="RandomFlip", prob=0.5), dict(type="PhotoMetricDistortion"),
-            dict(type="PackSegInputs")]
-
-
-def _paper_dataset(ds, data: Mapping[str, Any], root, split: str, train: bool) -> dict:
-    if split not in ds.splits:
-        raise ValueError(f"{ds.title} has no {split!r} split (splits: {', '.join(ds.splits)})")
-    pipeline = _paper_pipeline(ds, data, train)
-    parts = []
-    for part in ds.splits[split]:
-        cfg = dict(_scope_="mmseg", type=ds.mmseg_type, data_root=str(root),
-                   data_prefix=dict(img_path=part.img_dir, seg_map_path=part.seg_dir),
-                   img_suffix=ds.img_suffix, seg_map_suffix=ds.seg_suffix,
-                   reduce_zero_label=ds.reduce_zero_label, pipeline=pipeline)
-        if part.ann_file is not None:
-            cfg["ann_file"] = part.ann_file
-        parts.append(cfg)
-    if len(parts) == 1:
-        return parts[0]
-    return dict(_scope_="mmseg", type="ConcatDataset", datasets=parts)  # VOC train + SBD aug
+# Every dataset fact (layout, splits, pipelines, evaluation split, classes) is its entry's in
+# the dataset registry (bcd.data.registry); the functions below look it up.
 
 
 def dataset(data: Mapping[str, Any], root: str | Path, split: str, train: bool) -> dict:
-    """An mmseg dataset config for one split of the params' dataset.
-
-    Training: (CamVid: random rescale 0.75-1.5 and a random crop of ``data.height x width``),
-    random flip. Evaluation: whole images. The paper's datasets (:mod:`bcd.data.paper`): mmseg's
-    own dataset classes and standard pipelines (random rescale 0.5-2.0 of the dataset's scale,
-    crop with ``cat_max_ratio`` 0.75, flip, photometric distortion; evaluation rescaled to the
-    scale, keeping the aspect ratio).
-    """
-    paper = _paper(data)
-    if paper is not None:
-        return _paper_dataset(paper, data, root, split, train)
-    if data["dataset"] not in DATASET_TYPES:
-        raise ValueError(f"unknown dataset {data['dataset']!r} (known: {sorted(DATASET_TYPES)})")
-    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
-    if train and data["dataset"] == "camvid":
-        from bcd.data.camvid import SIZE
-
-        pipeline += [dict(type="RandomResize", scale=SIZE, ratio_range=(0.75, 1.5),
-                          keep_ratio=True),
-                     dict(type="RandomCrop", crop_size=crop_size(data), cat_max_ratio=0.75)]
-    if train:
-        pipeline.append(dict(type="RandomFlip", prob=0.5))
-    pipeline.append(dict(type="PackSegInputs"))
-    if data["dataset"] == "camvid":
-        return dict(_scope_="mmseg", type=DATASET_TYPES["camvid"], data_root=str(root),
-                    ann_file=f"{split}.txt",
-                    data_prefix=dict(img_path=f"images/{split}", seg_map_path=f"labels/{split}"),
-                    pipeline=pipeline)
-    return dict(_scope_="mmseg", type=DATASET_TYPES[data["dataset"]], data_root=str(root),
-                data_prefix=dict(img_path=f"img_dir/{split}", seg_map_path=f"ann_dir/{split}"),
-                pipeline=pipeline)
+    """An mmseg dataset config for one split of the params' dataset (its registry entry's
+    ``dataset``: the generated shapes and CamVid in :mod:`bcd.mm.datasets`' classes, the
+    paper's datasets in mmseg's own with its standard pipelines, :mod:`bcd.data.paper`)."""
+    return dataset_entry(data).dataset(data, root, split, train)
 
 
 def eval_split(data: Mapping[str, Any]) -> str:
-    """The split the tables report: for CamVid and the generated shapes ``<dataset>.eval_split``,
-    by default test (choices are made on val, which training evaluates); the paper's datasets:
-    the split of its tables (COCO-Stuff 10K test, the others val)."""
-    paper = _paper(data)
-    if paper is not None:
-        return paper.eval_split
-    if data["dataset"] == "camvid":
-        return data["camvid"].get("eval_split", "test")
-    shapes = data.get("shapes") or {}
-    split = shapes.get("eval_split", "test")
-    if split == "test" and not shapes.get("num_test"):
-        raise ValueError(f"the tables report the test split (shapes.eval_split, default test) "
-                         f"but shapes.num_test is "
-                         f"{shapes.get('num_test', 'absent')}: set data.shapes.num_test (e.g. 96) "
-                         "and rerun the data stage, or report val with shapes.eval_split: val")
-    return split
-
-
-def crop_size(data: Mapping[str, Any]) -> tuple[int, int]:
-    """Training crop ``(H, W)``."""
-    return (data["height"], data.get("width") or data["height"])
+    """The split the tables report (for CamVid and the generated shapes ``<dataset>.eval_split``,
+    by default test; the paper's datasets: the split of its tables)."""
+    return dataset_entry(data).eval_split(data)
 
 
 def eval_size(data: Mapping[str, Any]) -> tuple[int, int]:
     """``(H, W)`` of the evaluated images (where Params/FLOPs are counted; the paper's datasets,
     whose images vary in size: the training crop)."""
-    if data["dataset"] == "camvid":
-        from bcd.data.camvid import SIZE
-
-        return (SIZE[1], SIZE[0])
-    return crop_size(data)
+    entry = dataset_entry(data)
+    return crop_size(data) if entry.eval_size is None else entry.eval_size(data)
 
 
 def eval_batch_size(data: Mapping[str, Any]) -> int:
     """Images per evaluation batch: 1 where image sizes vary (mmseg stacks a test batch
     unpadded, so it must hold images of one size), else 8."""
-    return 1 if _paper(data) is not None else 8
+    return dataset_entry(data).eval_batch_size
 
 
 def num_classes(data: Mapping[str, Any]) -> int:
-    paper = _paper(data)
-    if paper is not None:
-        return paper.num_classes
-    if data["dataset"] == "shapes":
-        from bcd.data.synthetic import CLASSES
-    elif data["dataset"] == "camvid":
-        from bcd.data.camvid import CLASSES
-    else:
-        raise ValueError(f"unknown dataset {data['dataset']!r}")
-    return len(CLASSES)
+    return dataset_entry(data).num_classes
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Static facts about the architectures the params can name, shared by the params validation
-(:mod:`bcd.params`) and the model configs (:mod:`bcd.mm.configs`). Plain Python: no torch or
-OpenMMLab import, nothing else of bcd."""
+(:mod:`bcd.params`) and the model configs (:mod:`bcd.mm.configs`): which heads take a backbone,
+each other head's own backbone, the one short name of a model in messages. Plain Python: no
+torch or OpenMMLab import, nothing else of bcd."""
 
 #: heads that take a `backbone` key (the others have their own)
 BACKBONE_ARCHS = ("pspnet", "deeplabv3plus")
@@ -13,3 +14,19 @@ UNAVAILABLE_ARCHS = {
         "Use a PSPNet-R101 teacher (arch: pspnet, depth: 101) or install mmdet 3.x yourself "
         "(not part of this project's tested stack)"),
 }
+
+#: the backbone of each head that has its own (a key of bcd.mm.configs.BACKBONES)
+OWN_BACKBONE = {"segformer": "mit-b0", "espnet": "espnet"}
+
+
+def backbone_name(spec) -> str:
+    """The backbone of a model spec (params ``models.<name>``): the head's own, else
+    ``backbone`` (default resnet)."""
+    return OWN_BACKBONE.get(spec["arch"]) or spec.get("backbone", "resnet")
+
+
+def describe(spec) -> str:
+    """A short name of a model spec for messages, e.g. ``pspnet / resnet-101``."""
+    name = backbone_name(spec)
+    depth = f"-{spec['depth']}" if name == "resnet" and "depth" in spec else ""
+    return f"{spec['arch']} / {name}{depth}"

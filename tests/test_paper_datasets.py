@@ -384,7 +384,8 @@ def test_data_stage_checks_and_training_refuses_with_the_same_message(tmp_path, 
     cfg = P.load_params([DEFAULT, overlay])
     stamp = yaml.safe_load((P.data_dir(cfg) / paper.STAMP).read_text())
     assert stamp == {"dataset": "ade20k", "root": str(root.resolve()),
-                     "counts": {"train": 3, "val": 2}}
+                     "counts": {"train": 3, "val": 2}, "facts": paper.facts("ade20k")}
+    assert stamp["facts"]["scale"] == [2048, 512] and stamp["facts"]["eval_split"] == "val"
     assert require_dataset(P.data_job(cfg)) == root
     assert not list(root.rglob("dataset.json")), "the data stage wrote into the dataset"
 
@@ -396,3 +397,28 @@ def test_data_stage_checks_and_training_refuses_with_the_same_message(tmp_path, 
         require_dataset(P.data_job(cfg))
     assert str(info.value) in stage_error
     assert "ADE_val_00000002.png" in str(info.value)
+
+
+def test_a_changed_dataset_fact_changes_the_data_stage_output(tmp_path, monkeypatch):
+    """The paper datasets stay at their root and the data stage writes only its record; the
+    stages after it read the dataset's facts (mmseg's scale, the splits, ...), so the record
+    holds them: a changed fact changes the data stage's output (DVC hashes it), and the stages
+    that read the dataset rerun."""
+    import dataclasses
+
+    from bcd import cli
+
+    root = make_ade20k(tmp_path / "datasets", np.random.default_rng(0))
+    overlay = _params(tmp_path, _data("ade20k", root))
+    monkeypatch.chdir(tmp_path)
+    cfg = P.load_params([DEFAULT, overlay])
+    stamp = P.data_dir(cfg) / paper.STAMP
+    assert cli.main(["data", "--params", str(DEFAULT), "--params", str(overlay)]) == 0
+    before = stamp.read_bytes()
+    assert cli.main(["data", "--params", str(DEFAULT), "--params", str(overlay)]) == 0
+    assert stamp.read_bytes() == before  # the same facts: the same output
+    monkeypatch.setitem(paper.DATASETS, "ade20k",
+                        dataclasses.replace(paper.DATASETS["ade20k"], scale=(1024, 256)))
+    assert cli.main(["data", "--params", str(DEFAULT), "--params", str(overlay)]) == 0
+    after = yaml.safe_load(stamp.read_text())
+    assert stamp.read_bytes() != before and after["facts"]["scale"] == [1024, 256]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcd.data.registry import DatasetEntry, crop_size
+from bcd.data.entry import DatasetEntry, crop_size
 
 CLASSES: tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol",
                             "Fence", "Car", "Pedestrian", "Bicyclist")

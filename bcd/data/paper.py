@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from bcd.data.registry import DatasetEntry, crop_size
+from bcd.data.entry import DatasetEntry, crop_size
 
 IGNORE = 255
 STAMP = "dataset.json"  # what the data stage writes under paths.data (the dataset stays at root)
@@ -316,12 +316,14 @@ def _entry(name: str, ds: PaperDataset) -> DatasetEntry:
         check_dataset(name, data["root"])
         return Path(data["root"])
 
-    return DatasetEntry(
+    return DatasetEntry(  # the record is looked up at each call (spec), as the checks do
         name=name, title=ds.title, mmseg_type=ds.mmseg_type, num_classes=ds.num_classes,
         settings=SETTINGS, required=("root",),
         prepare=lambda data, out: prepare(name, data["root"], out), require=require,
-        dataset=lambda data, root, split, train: dataset_config(ds, data, root, split, train),
-        eval_split=lambda data: ds.eval_split, param_errors=lambda data: param_errors(ds, data),
+        dataset=lambda data, root, split, train: dataset_config(spec(name), data, root, split,
+                                                                train),
+        eval_split=lambda data: spec(name).eval_split,
+        param_errors=lambda data: param_errors(spec(name), data),
         eval_batch_size=1)  # image sizes vary: mmseg stacks a test batch unpadded
 
 

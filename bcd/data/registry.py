@@ -7,70 +7,17 @@ reads, merged into ``bcd/schema/params.schema.yaml``'s ``data``; ``param_errors`
 dataset configs (``dataset``: plain dicts) and the evaluation facts (``eval_split``,
 ``eval_size``, ``eval_batch_size``), the class names and palette (figures, class weights).
 
-Entries live in the modules of the :mod:`bcd.data` package, each module listing its own in a
-module-level ``ENTRIES`` tuple; :func:`entries` imports every module of the package once and
-collects them (so adding a dataset is adding one module here, README "Adding a dataset").
+Entries (:class:`bcd.data.entry.DatasetEntry`) live in the modules of the :mod:`bcd.data`
+package, each module listing its own in a module-level ``ENTRIES`` tuple; :func:`entries`
+imports every module of the package once and collects them (so adding a dataset is adding one module here, README "Adding a dataset").
 Plain Python: no torch or OpenMMLab import (the mmseg configs are plain dicts).
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
 
-#: the data-section keys every dataset has (the schema's ``data`` lists them)
-COMMON_KEYS = ("dataset", "height", "width")
-
-Data = Mapping[str, Any]  # a data section of the params (``data`` or ``datasets.<key>``)
-
-
-def _no_errors(data: Data) -> list:
-    return []
-
-
-def crop_size(data: Data) -> tuple[int, int]:
-    """Training crop ``(H, W)`` of a data section (``width`` defaults to ``height``)."""
-    return (data["height"], data.get("width") or data["height"])
-
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    """What the rest of bcd needs to know about one dataset.
-
-    ``settings``: the JSON schema of each data-section key the dataset reads besides
-    ``dataset``/``height``/``width`` (a key named after the dataset is its own settings
-    section, kept but ignored when another dataset is chosen; any other key, e.g. ``root``, is
-    refused for datasets that do not read it); ``required``: those of them that must be set.
-    ``prepare(data, folder)``: the data stage (``folder`` = its output folder); returns the
-    dataset's folder. ``require(data, folder, make)``: before training/evaluation, the dataset's
-    folder or a FileNotFoundError (``make``: how to run the data stage, for messages).
-    ``dataset(data, root, split, train)``: the mmseg dataset config of one split (a plain dict).
-    ``eval_split(data)``: the split the tables report. ``param_errors(data)``: checks the
-    schema cannot express, as ``(key path inside the section, message)``. ``eval_size(data)``:
-    ``(H, W)`` of the evaluated images (None: the crop). ``classes``/``palette`` None: those of
-    ``mmseg_type`` (mmseg's own dataset classes). ``crop_is_image_size``: the data stage reads
-    ``height``/``width`` (the generated shapes).
-    """
-
-    name: str
-    title: str
-    mmseg_type: str
-    num_classes: int
-    prepare: Callable[[Data, Path], Path]
-    require: Callable[[Data, Path, str], Path]
-    dataset: Callable[[Data, Path, str, bool], dict]
-    eval_split: Callable[[Data], str]
-    settings: Mapping[str, dict] = field(default_factory=dict)
-    required: tuple[str, ...] = ()
-    param_errors: Callable[[Data], list] = _no_errors
-    classes: tuple[str, ...] | None = None
-    palette: tuple[tuple[int, int, int], ...] | None = None
-    eval_size: Callable[[Data], tuple[int, int]] | None = None
-    eval_batch_size: int = 8  # 1 where image sizes vary (mmseg stacks a test batch unpadded)
-    crop_is_image_size: bool = False
-
+from bcd.data.entry import COMMON_KEYS, Data, DatasetEntry, crop_size  # noqa: F401 (re-exported)
 
 _ENTRIES: dict[str, DatasetEntry] | None = None
 
@@ -81,7 +28,7 @@ def _discover() -> dict[str, DatasetEntry]:
 
     found: dict[str, DatasetEntry] = {}
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name == "registry" or info.name.startswith("_"):
+        if info.name in ("registry", "entry") or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         for entry in getattr(module, "ENTRIES", ()):

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bcd.data.registry import DatasetEntry
+from bcd.data.entry import DatasetEntry
 
 GENERATOR_VERSION = "bcd-shapes-1"
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from mmengine.config import Config
 
 from bcd import methods as catalog
-from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
+from bcd.archs import BACKBONE_ARCHS, OWN_BACKBONE, UNAVAILABLE_ARCHS, backbone_name, describe
 from bcd.data.registry import crop_size, dataset_entry
 from bcd.mm import detection, distributed
 from bcd.mm.amp import optim_wrapper
@@ -125,8 +125,6 @@ BACKBONES: dict[str, Backbone] = {
                              alpha2=2, alpha3=8, norm_cfg=norm),
         first_stride=2),
 }
-#: the backbone of the archs that have their own
-OWN_BACKBONE = {"segformer": "mit-b0", "espnet": "espnet"}
 #: output stride of each head's classifier (decode_head.conv_seg)
 LOGITS_STRIDE = {"pspnet": 8, "deeplabv3plus": 4, "segformer": 4, "espnet": 2}
 
@@ -160,17 +158,6 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     if name == "resnet" and spec.get("depth") not in _RESNET_EXPANSION:
         raise ValueError(f"unknown ResNet depth {spec.get('depth')} "
                          f"(known: {sorted(_RESNET_EXPANSION)})")
-
-
-def backbone_name(spec: Mapping[str, Any]) -> str:
-    return OWN_BACKBONE.get(spec["arch"]) or spec.get("backbone", "resnet")
-
-
-def describe(spec: Mapping[str, Any]) -> str:
-    """A short name of the model, e.g. ``pspnet / resnet-101`` (used in messages)."""
-    name = backbone_name(spec)
-    depth = f"-{spec['depth']}" if name == "resnet" else ""
-    return f"{spec['arch']} / {name}{depth}"
 
 
 def _head_widths(spec) -> dict:

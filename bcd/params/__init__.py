@@ -36,7 +36,7 @@ from __future__ import annotations
 from bcd.params.load import (
     ParamsError, read_params_file, deep_merge, files_of, remake_command, known_names)
 from bcd.params.resolve import (
-    lookup, DATASETS, data_section, data_spec, data_keys, dataset_of, table_dataset,
+    lookup, data_section, data_spec, data_keys, dataset_of, table_dataset,
     figures_dataset, runs_used, teachers_used, datasets_used, draws_boundary,
     FIGURES_DEFAULTS, figures_spec, resolve_teacher, resolve_run, resolve_evaluate,
     resolve_table, bpkd_methods, resolve_figures, unique, param_keys_for_teacher,
@@ -46,7 +46,7 @@ from bcd.params.paths import (
     figure_paths, curve_paths, figures_runs, figures_inputs, figures_outputs, log_path)
 from bcd.params.validate import (
     SCHEMA_FILE, NAME_PATTERN, RESERVED_RUN_NAMES, load_params, validate_config, keypath,
-    defines, file_for, schema, OWN_BACKBONE, LITE_BACKBONES, MIN_BASE_CHANNELS, describe_model)
+    defines, file_for, schema, LITE_BACKBONES, MIN_BASE_CHANNELS)
 from bcd.params.stages import (
     RESOURCE_KINDS, rule_threads, rule_resources, Stage, stage_name, command, stages,
     table_metrics, code_files)
@@ -56,7 +56,7 @@ from bcd.params.spec import (
 from bcd.params.check import main_check
 
 __all__ = ['ParamsError', 'read_params_file', 'deep_merge', 'files_of', 'remake_command',
-           'known_names', 'lookup', 'DATASETS', 'data_section', 'data_spec', 'data_keys',
+           'known_names', 'lookup', 'data_section', 'data_spec', 'data_keys',
            'dataset_of', 'table_dataset', 'figures_dataset', 'runs_used', 'teachers_used',
            'datasets_used', 'draws_boundary', 'FIGURES_DEFAULTS', 'figures_spec',
            'resolve_teacher', 'resolve_run', 'resolve_evaluate', 'resolve_table', 'bpkd_methods',
@@ -66,7 +66,7 @@ __all__ = ['ParamsError', 'read_params_file', 'deep_merge', 'files_of', 'remake_
            'FIGURE_FORMATS', 'figure_paths', 'curve_paths', 'figures_runs', 'figures_inputs',
            'figures_outputs', 'log_path', 'SCHEMA_FILE', 'NAME_PATTERN', 'RESERVED_RUN_NAMES',
            'load_params', 'validate_config', 'keypath', 'defines', 'file_for', 'schema',
-           'OWN_BACKBONE', 'LITE_BACKBONES', 'MIN_BASE_CHANNELS', 'describe_model',
+           'LITE_BACKBONES', 'MIN_BASE_CHANNELS',
            'RESOURCE_KINDS', 'rule_threads', 'rule_resources', 'Stage', 'stage_name', 'command',
            'stages', 'table_metrics', 'code_files', 'main_check',
            'Frozen', 'FrozenList', 'freeze', 'DataSpec', 'TeacherCheckpoint', 'EvaluationSpec',

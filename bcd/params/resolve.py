@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Iterable
 
+from bcd.data.registry import settings_of
 from bcd.params.load import ParamsError, files_of, known_names
 
 
@@ -16,9 +17,6 @@ def lookup(cfg, section: str, name: str) -> dict:
     except KeyError:
         raise ParamsError(f"{', '.join(files_of(cfg)) or 'params'}: {section}.{name}: not defined "
                           f"({section}: {known_names(cfg.get(section, {}))})") from None
-
-
-DATASETS = ("shapes", "camvid")  # each has its own settings section under `data`
 
 
 def data_section(cfg, dataset: str | None = None) -> dict:
@@ -32,9 +30,7 @@ def data_spec(cfg, dataset: str | None = None) -> dict:
     """The data settings a stage depends on: the shared keys and the chosen dataset's section
     (the sections of other datasets are left out, so changing them reruns nothing), of the
     top-level ``data`` or of ``datasets.<dataset>``."""
-    data = data_section(cfg, dataset)
-    return {k: copy.deepcopy(v) for k, v in data.items()
-            if k not in DATASETS or k == data["dataset"]}
+    return copy.deepcopy(settings_of(data_section(cfg, dataset)))
 
 
 def data_keys(cfg, dataset: str | None = None) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 from bcd.codedeps import stage_code
+from bcd.data.registry import dataset_entry
 from bcd.params.load import ParamsError, files_of
 from bcd.params.paths import (data_dir, figures_inputs, figures_outputs, run_paths,
                               table_paths, teacher_paths)
@@ -89,7 +90,8 @@ def stages(cfg) -> list[Stage]:
         args = () if ds is None else ("--dataset", ds)
         crop = [f"{k}.{c}" for k in (["data"] if ds is None else [f"datasets.{ds}"])
                 for c in ("height", "width")]
-        shapes = data_section(cfg, ds)["dataset"] == "shapes"  # the crop is the image size
+        # the crop is a setting of the data stage only where it is the image size (shapes)
+        shapes = dataset_entry(data_section(cfg, ds)).crop_is_image_size
         out.append(Stage(stage_name("data", ds), command(cfg, "data", *args), stage_code("data"),
                          (str(data_dir(cfg, ds)),),
                          params=tuple(k for k in data_keys(cfg, ds) if k not in crop or shapes)))

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from bcd import methods as catalog
-from bcd.archs import BACKBONE_ARCHS, UNAVAILABLE_ARCHS
+from bcd.archs import BACKBONE_ARCHS, OWN_BACKBONE, UNAVAILABLE_ARCHS, describe
+from bcd.data.registry import data_schema, dataset_entry, key_errors
 from bcd.params.load import ParamsError, deep_merge, known_names, read_params_file
 from bcd.params.resolve import datasets_used, draws_boundary, runs_used, teachers_used
 from bcd.reference import paper_reference_errors
@@ -140,10 +141,13 @@ _VALIDATOR = None
 
 def schema() -> dict:
     """The params schema: :data:`SCHEMA_FILE`, with ``$defs/method`` generated from the losses'
-    declarations (:func:`bcd.methods.schema`)."""
+    declarations (:func:`bcd.methods.schema`) and the ``data`` section's datasets (the
+    ``dataset`` enum, each dataset's settings and what it requires) from the dataset registry
+    (:func:`bcd.data.registry.data_schema`)."""
     with open(SCHEMA_FILE, encoding="utf-8") as fh:
         out = yaml.safe_load(fh)
     out["$defs"]["method"] = catalog.schema()
+    out["properties"]["data"] = data_schema(out["properties"]["data"])
     return out
 
 
@@ -318,25 +322,10 @@ def _table_dataset_errors(cfg, name: str) -> list[tuple[tuple, str]]:
 
 
 def _data_section_errors(data, where: tuple) -> list[tuple[tuple, str]]:
-    """Checks of one data section (``data`` or ``datasets.<key>``) the schema cannot express."""
-    out = []
-    shapes = data.get("shapes") or {}
-    if (data["dataset"] == "shapes" and shapes.get("eval_split", "test") == "test"
-            and not shapes.get("num_test")):
-        out.append((where + ("shapes", "num_test"),
-                    f"no test images (num_test {shapes.get('num_test', 'absent')}), but the "
-                    "tables report the test split (shapes.eval_split: test, the default): set "
-                    "num_test (params/default.yaml has 96), or report val with "
-                    "shapes.eval_split: val"))
-    if data["dataset"] == "camvid":
-        from bcd.data.camvid import SIZE
-
-        for key, have, most in (("height", data["height"], SIZE[1]),
-                                ("width", data.get("width") or data["height"], SIZE[0])):
-            if have > most:
-                out.append((where + (key,), f"crop {key} {have} is larger than the CamVid images "
-                                            f"({SIZE[0]}x{SIZE[1]}, WxH)"))
-    return out + _paper_data_errors(data, where)
+    """Checks of one data section (``data`` or ``datasets.<key>``) the schema cannot express:
+    its dataset's own (its registry entry's ``param_errors``), then keys it does not read."""
+    entry = dataset_entry(data)
+    return [(where + path, msg) for path, msg in (*entry.param_errors(data), *key_errors(data))]
 
 
 def _data_folder_errors(cfg) -> list[tuple[tuple, str]]:
@@ -354,10 +343,6 @@ def _data_folder_errors(cfg) -> list[tuple[tuple, str]]:
                             f"hold the others'; give {', '.join(users[:4])}"
                             f"{' ...' if len(users) > 4 else ''} a `dataset:` key, or move the "
                             "top-level data into datasets")]
-
-
-#: heads that take a `backbone` key (the others have their own) and each one's backbone
-OWN_BACKBONE = {"segformer": "MiT-B0", "espnet": "ESPNet's encoder"}
 
 
 #: backbones with fixed widths whose `pretrained: imagenet` is an installed package's file
@@ -379,7 +364,7 @@ def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
         out.append((where + ("backbone",), f"{arch} has its own backbone ({OWN_BACKBONE[arch]}); "
                                            f"`backbone` applies to {', '.join(BACKBONE_ARCHS)}"))
     if "depth" in spec and backbone != "resnet":
-        out.append((where + ("depth",), f"depth is a ResNet setting; {describe_model(spec)} has "
+        out.append((where + ("depth",), f"depth is a ResNet setting; {describe(spec)} has "
                                         "none (drop it)"))
     if "aspp_dilations" in spec and arch != "deeplabv3plus":
         out.append((where + ("aspp_dilations",), f"aspp_dilations applies to deeplabv3plus, "
@@ -391,41 +376,14 @@ def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
     if "output_stride" in spec and not lite:
         out.append((where + ("output_stride",), f"output_stride applies to the "
                                                 f"{', '.join(LITE_BACKBONES)} backbones, not "
-                                                f"{describe_model(spec)}"))
+                                                f"{describe(spec)}"))
     if spec.get("pretrained") == "imagenet" and not lite:
         out.append((where + ("pretrained",), f"`imagenet` names the installed weights of the "
                                              f"{', '.join(LITE_BACKBONES)} backbones, not of "
-                                             f"{describe_model(spec)}; give a URL or a file"))
+                                             f"{describe(spec)}; give a URL or a file"))
     least = MIN_BASE_CHANNELS.get(arch, 1)
     if spec.get("base_channels", least) < least:
         out.append((where + ("base_channels",), f"{arch} needs base_channels >= {least}"))
-    return out
-
-
-def describe_model(spec) -> str:
-    """``arch`` plus its backbone, e.g. ``pspnet on mobilenetv2`` (for messages)."""
-    if spec["arch"] in OWN_BACKBONE:
-        return spec["arch"]
-    return f"{spec['arch']} on {spec.get('backbone', 'resnet')}"
-
-
-def _paper_data_errors(data, where: tuple = ("data",)) -> list[tuple[tuple, str]]:
-    """``data.root`` is read by the paper's datasets only; their crop must fit the short side
-    the images are rescaled to (mmseg's scale, :mod:`bcd.data.paper`)."""
-    from bcd.data.paper import DATASETS as PAPER
-
-    ds = PAPER.get(data["dataset"])
-    if ds is None:
-        if "root" in data:
-            return [(where + ("root",), f"dataset {data['dataset']} does not read data.root "
-                                        f"(only {', '.join(PAPER)} do); remove it")]
-        return []
-    out, short = [], min(ds.scale)
-    for key, have in (("height", data["height"]), ("width", data.get("width") or data["height"])):
-        if have > short:
-            out.append((where + (key,), f"crop {key} {have} is larger than the short side {short} "
-                                       f"that {ds.title} images are rescaled to (scale "
-                                       f"{ds.scale[0]}x{ds.scale[1]})"))
     return out
 
 

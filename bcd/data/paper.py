@@ -3,8 +3,9 @@
 bcd neither downloads nor converts them: ``data.root`` (params) points at a folder in the layout
 mmseg documents (``docs/datasets.md``), made with mmseg's conversion scripts, and
 :func:`check_dataset` verifies it before any work. :data:`DATASETS` holds every per-dataset fact
-(folders, suffixes, classes, rescale scale, the split the tables report); :mod:`bcd.mm.configs`
-turns a record into mmseg dataset configs with mmseg's standard 512x512 pipelines.
+(folders, suffixes, classes, rescale scale, the split the tables report); :func:`dataset_config`
+turns a record into mmseg dataset configs with mmseg's standard 512x512 pipelines, and
+:data:`ENTRIES` registers the four in :mod:`bcd.data.registry`.
 
 =================  ==================  =======  ==================================  ==========
 params name        mmseg class         classes  splits (bcd name: folders)           tables on

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from bcd.data.entry import COMMON_KEYS, Data, DatasetEntry, crop_size  # noqa: F401 (re-exported)
+from bcd.data.entry import COMMON_KEYS, Data, DatasetEntry
 
 _ENTRIES: dict[str, DatasetEntry] | None = None
 

@@ -1,7 +1,8 @@
 """Build mmengine configs (mmseg models, datasets, mmrazor distillers) from bcd's params.
 
 The params describe *what* to run (model specs, distillation terms, schedules); this module says
-*how* in OpenMMLab terms, and is the only code that knows mmseg/mmrazor config layouts.
+*how* in OpenMMLab terms, and is the only code that knows mmseg/mmrazor config layouts, except
+the datasets' own configs: plain dicts of each dataset's registry entry (:mod:`bcd.data.registry`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from mmengine.config import Config
 
 from bcd import methods as catalog
 from bcd.archs import BACKBONE_ARCHS, OWN_BACKBONE, UNAVAILABLE_ARCHS, backbone_name, describe
-from bcd.data.registry import crop_size, dataset_entry
+from bcd.data.entry import crop_size
+from bcd.data.registry import dataset_entry
 from bcd.mm import detection, distributed
 from bcd.mm.amp import optim_wrapper
 

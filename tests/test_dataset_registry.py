@@ -55,7 +55,7 @@ BUILD = textwrap.dedent("""
     from bcd.runtime import require_dataset
 
     cfg = P.load_params(sys.argv[1:])
-    data, root = P.data_section(cfg), require_dataset(cfg)
+    data, root = P.data_section(cfg), require_dataset(P.data_job(cfg))
     train = DATASETS.build(configs.dataset(data, root, "train", train=True))
     split = configs.eval_split(data)
     test = DATASETS.build(configs.dataset(data, root, split, train=False))

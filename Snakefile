@@ -12,8 +12,10 @@ configfile: "params/default.yaml"
 include: "workflow/rules/common.smk"
 
 
-# Snakemake's own check, with the same schema (no defaults in it, so `config` is unchanged).
-validate(config, "bcd/schema/params.schema.yaml")
+# Snakemake's own check, with the same schema bcd.params validates with: the YAML file plus the
+# parts generated from the dataset registry and the losses' declarations (no defaults in it, so
+# `config` is unchanged).
+validate(config, P.write_schema(".snakemake/bcd-schema.json"))
 
 
 include: "workflow/rules/data.smk"

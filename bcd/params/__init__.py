@@ -46,7 +46,7 @@ from bcd.params.paths import (
     figure_paths, curve_paths, figures_runs, figures_inputs, figures_outputs, log_path)
 from bcd.params.validate import (
     SCHEMA_FILE, NAME_PATTERN, RESERVED_RUN_NAMES, load_params, validate_config, keypath,
-    defines, file_for, schema, LITE_BACKBONES, MIN_BASE_CHANNELS)
+    defines, file_for, schema, write_schema, LITE_BACKBONES, MIN_BASE_CHANNELS)
 from bcd.params.stages import (
     RESOURCE_KINDS, rule_threads, rule_resources, Stage, stage_name, command, stages,
     table_metrics, code_files)
@@ -56,21 +56,21 @@ from bcd.params.spec import (
 from bcd.params.check import main_check
 
 __all__ = ['ParamsError', 'read_params_file', 'deep_merge', 'files_of', 'remake_command',
-           'known_names', 'lookup', 'data_section', 'data_spec', 'data_keys',
-           'dataset_of', 'table_dataset', 'figures_dataset', 'runs_used', 'teachers_used',
-           'datasets_used', 'draws_boundary', 'FIGURES_DEFAULTS', 'figures_spec',
-           'resolve_teacher', 'resolve_run', 'resolve_evaluate', 'resolve_table', 'bpkd_methods',
-           'resolve_figures', 'unique', 'param_keys_for_teacher', 'param_keys_for_run',
-           'param_keys_for_evaluate', 'param_keys_for_table', 'param_keys_for_figures',
-           'data_dir', 'teacher_paths', 'run_paths', 'table_paths', 'FIGURE_NAMES',
-           'FIGURE_FORMATS', 'figure_paths', 'curve_paths', 'figures_runs', 'figures_inputs',
-           'figures_outputs', 'log_path', 'SCHEMA_FILE', 'NAME_PATTERN', 'RESERVED_RUN_NAMES',
-           'load_params', 'validate_config', 'keypath', 'defines', 'file_for', 'schema',
-           'LITE_BACKBONES', 'MIN_BASE_CHANNELS',
-           'RESOURCE_KINDS', 'rule_threads', 'rule_resources', 'Stage', 'stage_name', 'command',
-           'stages', 'table_metrics', 'code_files', 'main_check',
+           'known_names', 'lookup', 'data_section', 'data_spec', 'data_keys', 'dataset_of',
+           'table_dataset', 'figures_dataset', 'runs_used', 'teachers_used', 'datasets_used',
+           'draws_boundary', 'FIGURES_DEFAULTS', 'figures_spec', 'resolve_teacher', 'resolve_run',
+           'resolve_evaluate', 'resolve_table', 'bpkd_methods', 'resolve_figures', 'unique',
+           'param_keys_for_teacher', 'param_keys_for_run', 'param_keys_for_evaluate',
+           'param_keys_for_table', 'param_keys_for_figures', 'data_dir', 'teacher_paths',
+           'run_paths', 'table_paths', 'FIGURE_NAMES', 'FIGURE_FORMATS', 'figure_paths',
+           'curve_paths', 'figures_runs', 'figures_inputs', 'figures_outputs', 'log_path',
+           'SCHEMA_FILE', 'NAME_PATTERN', 'RESERVED_RUN_NAMES', 'load_params', 'validate_config',
+           'keypath', 'defines', 'file_for', 'schema', 'write_schema', 'LITE_BACKBONES',
+           'MIN_BASE_CHANNELS', 'RESOURCE_KINDS', 'rule_threads', 'rule_resources', 'Stage',
+           'stage_name', 'command', 'stages', 'table_metrics', 'code_files', 'main_check',
            'Frozen', 'FrozenList', 'freeze', 'DataSpec', 'TeacherCheckpoint', 'EvaluationSpec',
-           'TrainSpec', 'data_job', 'evaluation_job', 'teacher_checkpoint', 'teacher_job', 'student_job']
+           'TrainSpec', 'data_job', 'evaluation_job', 'teacher_checkpoint', 'teacher_job',
+           'student_job']
 
 # Code each kind of stage depends on: files relative to the repository root, computed from the
 # import graph of the stage's command (bcd.codedeps), for dvc.yaml ``deps`` and the Snakefile's

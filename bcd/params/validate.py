@@ -151,6 +151,25 @@ def schema() -> dict:
     return out
 
 
+def write_schema(path: str | os.PathLike) -> str:
+    """Write :func:`schema` as JSON to ``path`` (only when its content changed) and return the
+    absolute path: the file Snakemake's ``validate`` reads (it takes a path, not a dict)."""
+    import json
+
+    path = Path(path).resolve()
+    text = json.dumps(schema(), indent=1, sort_keys=True) + "\n"
+    try:
+        same = path.read_text(encoding="utf-8") == text
+    except OSError:
+        same = False
+    if not same:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return str(path)
+
+
 def _validator():
     global _VALIDATOR
     if _VALIDATOR is None:

@@ -800,7 +800,7 @@ def _miou(cfg, kind: str, name: str, seed) -> str:
 
 def _labels(cfg) -> dict:
     """Display names from the table: its teacher label and its rows' labels, by run."""
-    table = cfg["tables"][settings(cfg)["table"]]
+    table = P.table_groups(cfg["tables"][settings(cfg)["table"]])[0]  # figures: one group
     out = {row["run"]: row["label"] for row in table["rows"]}
     out[table["teacher"]] = table.get("teacher_label") or f"T: {table['teacher']}"
     return out
@@ -812,7 +812,7 @@ def make_qualitative_and_boundary(cfg) -> list[Path]:
 
     setup_threads(P.rule_threads(cfg, "figures"))
     fig_cfg, seed = settings(cfg), settings(cfg)["seed"]
-    table = cfg["tables"][fig_cfg["table"]]
+    table = P.table_groups(cfg["tables"][fig_cfg["table"]])[0]  # figures: one group
     t_name, s_run, d_run = table["teacher"], fig_cfg["student"], fig_cfg["distilled"]
     names = _labels(cfg)
     classes, palette = dataset_classes(P.data_spec(cfg, P.figures_dataset(cfg)))

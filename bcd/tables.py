@@ -13,12 +13,21 @@ their mean, a 95 % Student-t confidence interval over seeds and a verdict (gain 
 n/a with one seed). Each row also carries what its training cost (``train_*``, ``peak_mem_*``),
 from the ``train_cost`` the train stage recorded and the evaluate stage copied into
 metrics.json; metrics files written before that have none, and those cells stay empty.
+
+A table may list teacher groups (params ``groups``, :func:`bcd.params.table_groups`): each
+group is its teacher row, then its rows, with the reference row and the paper's values looked
+up within the group; the CSV then has a ``group`` column (the group's teacher). The metrics
+decide the columns (:data:`TASKS`): a segmentor's (mIoU, Boundary IoU, :data:`COLUMNS`) or,
+for metrics with ``"task": "detection"``, a detector's (COCO box and mask AP in percent,
+:data:`DETECTION_COLUMNS`; the mask columns empty for models that predict no masks). A table
+whose metrics mix tasks is an error naming the files.
 """
 from __future__ import annotations
 
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,6 +53,19 @@ COLUMNS = [
     # training cost (mean over seeds; empty for metrics files without train_cost)
     "train_s_per_iter", "train_minutes", "peak_mem_mb", "peak_mem_kind",
 ]
+#: Raw columns of a detector table (metrics with ``"task": "detection"``): COCO box / mask
+#: mAP (0.50:0.95, percent); the ``paired_*`` columns compare AP box, ``paired_ap_mask_*`` AP mask.
+DETECTION_COLUMNS = [
+    "method", "role", "run", "paper_method", "paper_ap_box", "paper_ap_mask", "paper_gain",
+    "paper_params_m", "paper_flops_g", "ours_ap_box_mean", "ours_ap_box_std",
+    "ours_ap_mask_mean", "ours_ap_mask_std", "ours_gain", "n_seeds", "seeds",
+    "ours_ap_box_per_seed", "ours_ap_mask_per_seed", "params_m", "flops_g", "input_shape",
+    "paired_reference", "paired_n", "paired_diff_mean", "paired_diff_ci_low",
+    "paired_diff_ci_high", "paired_diff_per_seed", "verdict",
+    "paired_ap_mask_diff_mean", "paired_ap_mask_ci_low", "paired_ap_mask_ci_high",
+    "paired_ap_mask_verdict",
+    "train_s_per_iter", "train_minutes", "peak_mem_mb", "peak_mem_kind",
+]
 DESCRIPTIVE = ("kd_manner", "gt_mask", "boundary_type", "context_type")
 QUALITY = {"boundary_iou": "mBoundaryIoU", "trimap_iou": "mTrimapIoU@{w}",
            "fragmentation": "mFragmentation"}
@@ -57,13 +79,67 @@ class MetricsError(ValueError):
     """A metrics.json a table needs is missing or malformed (the message says which stage)."""
 
 
+@dataclass(frozen=True)
+class Measure:
+    """One metric of a table: its ``metrics.json`` key, its column stem (``ours_<stem>_mean``,
+    ``paper_<stem>``), its ``metric`` in the reference CSV and its LaTeX title."""
+    key: str
+    stem: str
+    paper: str
+    title: str
+
+
+@dataclass(frozen=True)
+class TaskTable:
+    """What a table shows for one task. ``measures[0]`` is the compared metric (gains, the
+    ``paired_diff_*`` columns); the others may be absent from a model's metrics (then empty).
+    ``second``: the metric paired beside it (``<second_prefix>_diff_mean`` ...).
+    ``segmentation``: the Boundary IoU / trimap / fragmentation columns and Table III's
+    descriptive ones."""
+    task: str
+    measures: tuple
+    second: Measure
+    second_prefix: str
+    columns: tuple
+    segmentation: bool
+
+
+#: The tasks a table can show, by the ``task`` of the metrics (absent: segmentation).
+TASKS = {
+    "segmentation": TaskTable(
+        "segmentation", (Measure(METRIC, "miou", METRIC, "mIoU"),),
+        Measure("mBoundaryIoU", "boundary_iou", "", "B-IoU"), "paired_boundary_iou",
+        tuple(COLUMNS), True),
+    "detection": TaskTable(
+        "detection", (Measure("bbox_mAP", "ap_box", "AP_box", "AP$^b$"),
+                      Measure("segm_mAP", "ap_mask", "AP_mask", "AP$^m$")),
+        Measure("segm_mAP", "ap_mask", "AP_mask", "AP$^m$"), "paired_ap_mask",
+        tuple(DETECTION_COLUMNS), False),
+}
+#: display names of the detector archs (the note on mask AP)
+ARCH_NAMES = {"gfl": "GFL", "retinanet": "RetinaNet", "cascade_mask_rcnn": "Cascade Mask R-CNN"}
+
+
+def task_of(metrics: Mapping) -> str:
+    """The task of a metrics.json (``task``; segmentors' files predate the key)."""
+    return metrics.get("task", "segmentation")
+
+
+def table_columns(task: str, grouped: bool = False) -> list[str]:
+    """The CSV columns of a table of ``task``; a table with teacher groups has a ``group``
+    column (the group's teacher) after ``run``."""
+    cols = list(TASKS[task].columns)
+    return cols[:3] + ["group"] + cols[3:] if grouped else cols
+
+
 # ----------------------------------------------------------------------------------------------
 # The paper's numbers (bcd/reference/bcd_reported_results.csv: one value per row)
 # ----------------------------------------------------------------------------------------------
-def _paper(table, method: str | None, student: str | None = None) -> dict | None:
+def _paper(table, method: str | None, student: str | None = None,
+           metric: str | None = None) -> dict | None:
     if method is None:
         return None
-    found = paper_rows(table, method, student)
+    found = paper_rows(table, method, student, metric)
     return found[0] if len(found) == 1 else None
 
 
@@ -95,8 +171,9 @@ def _is_number(x) -> bool:
 
 def read_metrics(path, *, stage: str, kind: str, name: str, seed=None, cfg=None) -> dict:
     """A metrics.json, checked: it must exist, be a JSON object for this kind/name/seed, with a
-    finite ``mIoU`` and ``params``, ``flops``, ``input_shape``. ``cfg`` (the loaded params)
-    makes the error's rebuild command that of its profile."""
+    finite ``mIoU`` (a detector's, ``"task": "detection"``: ``bbox_mAP``) and ``params``,
+    ``flops``, ``input_shape``. ``cfg`` (the loaded params) makes the error's rebuild command
+    that of its profile."""
     path = Path(path)
     remake = (f"it is made by stage {stage}: rebuild it with "
               f"{P.remake_command(cfg, stage, path) if cfg is not None else f'`dvc repro --force {stage}`'}")
@@ -113,7 +190,11 @@ def read_metrics(path, *, stage: str, kind: str, name: str, seed=None, cfg=None)
         for key, want in (("kind", kind), ("name", name), ("seed", seed)):
             if data.get(key) != want:
                 problems.append(f"{key} is {data.get(key)!r}, expected {want!r}")
-        for key in (METRIC, "params", "flops"):
+        task = TASKS.get(task_of(data))
+        if task is None:
+            problems.append(f"task is {data.get('task')!r}, expected one of "
+                            f"{', '.join(map(repr, TASKS))}")
+        for key in ((task.measures[0].key,) if task else ()) + ("params", "flops"):
             if not _is_number(data.get(key)):
                 problems.append(f"{key} is {data.get(key)!r}, expected a finite number")
         shape = data.get("input_shape")
@@ -143,16 +224,32 @@ def _quality(metrics: list[dict]) -> dict:
     return out
 
 
-def _ours(metrics: list[dict], seeds: list) -> dict:
-    values = [float(m[METRIC]) for m in metrics]
+def _values(spec: TaskTable, measure: Measure, metrics: list[dict], files: list) -> list | None:
+    """Every seed's value of ``measure``, or None when no seed's metrics have it (a model
+    without that output: a detector without masks); only some seeds having it is an error."""
+    have = [_is_number(m.get(measure.key)) for m in metrics]
+    if all(have):
+        return [float(m[measure.key]) for m in metrics]
+    if not any(have) and measure != spec.measures[0]:
+        return None
+    path = files[have.index(False)]
+    raise MetricsError(f"{path}: no finite {measure.key}, but the metrics of the other seeds "
+                       "of its row have it; rebuild it")
+
+
+def _ours(spec: TaskTable, metrics: list[dict], seeds: list, files: list) -> dict:
     shapes = {tuple(m["input_shape"]) for m in metrics}
+    out = _quality(metrics) if spec.segmentation else {}
+    for measure in spec.measures:
+        values = _values(spec, measure, metrics, files)
+        mean, std = _mean_std(values or [])
+        out.update({f"ours_{measure.stem}_mean": mean, f"ours_{measure.stem}_std": std,
+                    f"ours_{measure.stem}_per_seed": ";".join(_csv_num(v)
+                                                              for v in values or [])})
     return {
-        **_quality(metrics),
-        "ours_miou_mean": statistics.fmean(values),
-        "ours_miou_std": statistics.stdev(values) if len(values) > 1 else math.nan,
-        "n_seeds": len(values),
+        **out,
+        "n_seeds": len(metrics),
         "seeds": ";".join(str(s) for s in seeds),
-        "ours_miou_per_seed": ";".join(_csv_num(v) for v in values),
         "params_m": statistics.fmean(m["params"] for m in metrics) / 1e6,
         "flops_g": statistics.fmean(m["flops"] for m in metrics) / 1e9,
         "input_shape": ";".join("x".join(str(int(d)) for d in s) for s in sorted(shapes)),
@@ -236,33 +333,34 @@ def _per_seed(metrics: list[dict], key: str) -> dict | None:
     return {s: float(CSV_FLOAT % float(v)) for s, v in out.items()}
 
 
-def _paired(rec: dict, base: dict | None) -> dict:
+def _paired(spec: TaskTable, rec: dict, base: dict | None) -> dict:
     """The ``paired_*`` / ``verdict`` columns of a row against its reference row ``base``
-    (empty for the reference row itself, the teacher, and a row without a reference)."""
+    (empty for the reference row itself, the teacher, and a row without a reference): the
+    compared metric, then ``spec.second`` where both rows have it."""
+    second = spec.second_prefix
     out = {"paired_reference": "", "paired_n": math.nan, "paired_diff_mean": math.nan,
            "paired_diff_ci_low": math.nan, "paired_diff_ci_high": math.nan,
            "paired_diff_per_seed": "", "verdict": "",
-           "paired_boundary_iou_diff_mean": math.nan, "paired_boundary_iou_ci_low": math.nan,
-           "paired_boundary_iou_ci_high": math.nan, "paired_boundary_iou_verdict": ""}
+           f"{second}_diff_mean": math.nan, f"{second}_ci_low": math.nan,
+           f"{second}_ci_high": math.nan, f"{second}_verdict": ""}
     if base is None or base is rec:
         return out
     row = f"row {rec['method']!r} (run {rec['run']})"
     against = f"its reference row {base['method']!r} (run {base['run']})"
-    got = paired_difference(_per_seed(rec["metrics"], METRIC), _per_seed(base["metrics"], METRIC),
+    key = spec.measures[0].key
+    got = paired_difference(_per_seed(rec["metrics"], key), _per_seed(base["metrics"], key),
                             row=row, against=against)
     out.update({"paired_reference": base["run"], "paired_n": got["n"],
                 "paired_diff_mean": got["mean"], "paired_diff_ci_low": got["ci_low"],
                 "paired_diff_ci_high": got["ci_high"],
                 "paired_diff_per_seed": ";".join(_csv_num(v) for v in got["per_seed"]),
                 "verdict": got["verdict"]})
-    key = QUALITY["boundary_iou"]
+    key = spec.second.key
     mine, theirs = _per_seed(rec["metrics"], key), _per_seed(base["metrics"], key)
     if mine is not None and theirs is not None:
         got = paired_difference(mine, theirs, row=row, against=against)
-        out.update({"paired_boundary_iou_diff_mean": got["mean"],
-                    "paired_boundary_iou_ci_low": got["ci_low"],
-                    "paired_boundary_iou_ci_high": got["ci_high"],
-                    "paired_boundary_iou_verdict": got["verdict"]})
+        out.update({f"{second}_diff_mean": got["mean"], f"{second}_ci_low": got["ci_low"],
+                    f"{second}_ci_high": got["ci_high"], f"{second}_verdict": got["verdict"]})
     return out
 
 
@@ -278,60 +376,100 @@ def reference_row(records: list[dict], rec: dict) -> dict | None:
 # ----------------------------------------------------------------------------------------------
 # The table
 # ----------------------------------------------------------------------------------------------
+def _read_group(cfg, group: dict) -> list[dict]:
+    """A teacher group's records (its teacher row, then its rows) with their metrics, read and
+    checked; the teacher checkpoint every distilled row used is checked against the teacher's."""
+    teacher = group["teacher"]
+    t_path = P.teacher_paths(cfg, teacher)["metrics"]
+    t_metrics = read_metrics(t_path, stage=P.stage_name("evaluate-teacher", teacher),
+                             kind="teacher", name=teacher, seed=None, cfg=cfg)
+    records = [{
+        "method": group.get("teacher_label") or f"T: {teacher}", "role": "teacher",
+        "run": teacher, "group": teacher, "paper_method": "teacher", "paper_student": None,
+        "student_model": None, "distill": None, "metrics": [t_metrics], "files": [t_path],
+        "seed_list": [cfg["teachers"][teacher]["seed"]],
+    }]
+    for row in group["rows"]:
+        run, seeds = row["run"], list(cfg["seeds"])
+        files = [P.run_paths(cfg, run, s)["metrics"] for s in seeds]
+        metrics = [read_metrics(f, stage=P.stage_name("evaluate", run, s), kind="student",
+                                name=run, seed=s, cfg=cfg) for f, s in zip(files, seeds)]
+        spec = cfg["runs"][run]
+        records.append({
+            "method": row["label"], "role": "student", "run": run, "group": teacher,
+            "paper_method": row.get("paper_method"), "paper_student": row.get("paper_student"),
+            "student_model": spec["student"], "distill": spec.get("distill"),
+            "metrics": metrics, "files": files, "seed_list": seeds,
+        })
+    _check_same_teacher(group, t_metrics, [(rec["run"], m) for rec in records[1:]
+                                           for m in rec["metrics"]])
+    return records
+
+
+def _table_task(name: str, groups: list[list[dict]]) -> TaskTable:
+    """The one task of a table's metrics (a table mixing tasks is an error naming two files)."""
+    seen: dict[str, Path] = {}
+    for rec in (r for records in groups for r in records):
+        for path, m in zip(rec["files"], rec["metrics"]):
+            seen.setdefault(task_of(m), path)
+    if len(seen) > 1:
+        detail = ", ".join(f"{path} is {task}" for task, path in seen.items())
+        raise MetricsError(f"table {name!r} mixes tasks: {detail}; a table compares the "
+                           "metrics of one task (make one table per task)")
+    return TASKS[next(iter(seen))]
+
+
+def _finish_group(spec: TaskTable, group: dict, records: list[dict]) -> None:
+    """Our numbers, the paper's values, gains and paired statistics of one group's records
+    (in place): each row against its reference row in the group (:func:`reference_row`)."""
+    first = spec.measures[0]
+    for rec in records:
+        rec.update(_ours(spec, rec["metrics"], rec["seed_list"], rec["files"]))
+        rec.update(_cost(rec["metrics"]))
+    for rec in records:
+        base = reference_row(records, rec)
+        rec["ours_gain"] = (rec[f"ours_{first.stem}_mean"] - base[f"ours_{first.stem}_mean"]
+                            if base is not None and base is not rec else math.nan)
+        rec.update(_paired(spec, rec, base))
+        method, student = rec["paper_method"], rec["paper_student"]
+        paper = _paper(group, method, student, first.paper)
+        paper_base = _paper(group, "student", student, first.paper)
+        rec["paper_gain"] = (round(float(paper["value"]) - float(paper_base["value"]), 2)
+                             if rec["role"] != "teacher" and paper and paper_base
+                             and paper is not paper_base and method != "student" else math.nan)
+        for col in DESCRIPTIVE:
+            rec[col] = (paper or {}).get(col) or ""
+        for measure in spec.measures:  # a model without masks: no paper AP mask either
+            shown = measure is first or _is_number(rec[f"ours_{measure.stem}_mean"])
+            found = _paper(group, method, student, measure.paper) if shown else None
+            rec[f"paper_{measure.stem}"] = float(found["value"]) if found else math.nan
+        rec["paper_params_m"] = _unit(paper["params"], "M") if paper else math.nan
+        rec["paper_flops_g"] = _unit(paper["flops"], "G") if paper else math.nan
+
+
 def build_table(cfg, name: str):
-    """The raw table (columns :data:`COLUMNS`) as a pandas DataFrame, one row per table row."""
+    """The raw table (columns :func:`table_columns` of its task: :data:`COLUMNS` for
+    segmentors, :data:`DETECTION_COLUMNS` for detectors) as a pandas DataFrame, one row per
+    table row: per teacher group, its teacher row, then its rows."""
     import pandas as pd
 
     table = P.lookup(cfg, "tables", name)
-    teacher = table["teacher"]
-    t_stage = P.stage_name("evaluate-teacher", teacher)
-    t_metrics = read_metrics(P.teacher_paths(cfg, teacher)["metrics"], stage=t_stage,
-                             kind="teacher", name=teacher, seed=None, cfg=cfg)
-    records = [{
-        "method": table.get("teacher_label") or f"T: {teacher}", "role": "teacher",
-        "run": teacher, "paper_method": "teacher", "paper": _paper(table, "teacher"),
-        "student_model": None, "distill": None, "metrics": [t_metrics],
-        **_ours([t_metrics], [cfg["teachers"][teacher]["seed"]]), **_cost([t_metrics]),
-    }]
-    all_metrics: list[list[dict]] = []
-    for row in table["rows"]:
-        run, seeds = row["run"], list(cfg["seeds"])
-        metrics = [read_metrics(P.run_paths(cfg, run, s)["metrics"],
-                                stage=P.stage_name("evaluate", run, s),
-                                kind="student", name=run, seed=s, cfg=cfg) for s in seeds]
-        all_metrics.append(metrics)
-        spec = cfg["runs"][run]
-        records.append({
-            "method": row["label"], "role": "student", "run": run,
-            "paper_method": row.get("paper_method"),
-            "paper": _paper(table, row.get("paper_method"), row.get("paper_student")),
-            "paper_base": _paper(table, "student", row.get("paper_student")),
-            "student_model": spec["student"], "distill": spec.get("distill"),
-            "metrics": metrics, **_ours(metrics, seeds), **_cost(metrics),
-        })
-    _check_same_teacher(table, t_metrics, [(row["run"], m) for row, ms in
-                                           zip(table["rows"], all_metrics) for m in ms])
-    # Gains and paired statistics: against the row's reference row (reference_row).
-    for rec in records[1:]:
-        base = reference_row(records, rec)
-        rec["ours_gain"] = (rec["ours_miou_mean"] - base["ours_miou_mean"]
-                            if base is not None and base is not rec else math.nan)
-        rec.update(_paired(rec, base))
-        paper, paper_base = rec["paper"], rec.pop("paper_base")
-        rec["paper_gain"] = (round(float(paper["value"]) - float(paper_base["value"]), 2)
-                             if paper and paper_base and paper is not paper_base
-                             and rec["paper_method"] != "student" else math.nan)
-    records[0]["ours_gain"] = records[0]["paper_gain"] = math.nan
-    records[0].update(_paired(records[0], None))
-    for rec in records:
-        del rec["metrics"]
-        paper = rec.pop("paper")
-        for col in DESCRIPTIVE:
-            rec[col] = (paper or {}).get(col) or ""
-        rec["paper_miou"] = float(paper["value"]) if paper else math.nan
-        rec["paper_params_m"] = _unit(paper["params"], "M") if paper else math.nan
-        rec["paper_flops_g"] = _unit(paper["flops"], "G") if paper else math.nan
-    return pd.DataFrame.from_records(records, columns=COLUMNS)
+    groups = P.table_groups(table)
+    records = [_read_group(cfg, group) for group in groups]
+    spec = _table_task(name, records)
+    for group, recs in zip(groups, records):
+        _finish_group(spec, group, recs)
+    rows = [rec for recs in records for rec in recs]
+    df = pd.DataFrame.from_records(rows, columns=table_columns(spec.task, "groups" in table))
+    df.attrs["models"] = {rec["run"]: _model_name(rec["metrics"][0]) for rec in rows}
+    return df
+
+
+def _model_name(metrics: Mapping) -> str:
+    """A row's model for the notes beside a table: the arch's display name (:data:`ARCH_NAMES`),
+    else the params model name."""
+    arch = (metrics.get("model_spec") or {}).get("arch")
+    return ARCH_NAMES.get(arch) or str(arch or metrics.get("model") or "?")
 
 
 def _check_same_teacher(table, t_metrics: dict, runs: list[tuple[str, dict]]) -> None:
@@ -393,14 +531,24 @@ def format_paired(mean: float, low: float, high: float, verdict_: str) -> str:
     return f"{mean:+.2f} {verdict_ or UNDEFINED}"
 
 
+def frame_task(df) -> TaskTable:
+    """The task of a :func:`build_table` frame (by its columns)."""
+    return TASKS["detection" if "ours_ap_box_mean" in df.columns else "segmentation"]
+
+
 def format_table(df):
     """The formatted view (strings, LaTeX-escaped) of a :func:`build_table` frame."""
     import pandas as pd
 
+    spec = frame_task(df)
+    first, others = spec.measures[0], spec.measures[1:]
+    second = spec.second_prefix
+
     def ours(r):
+        mean, std = getattr(r, f"ours_{first.stem}_mean"), getattr(r, f"ours_{first.stem}_std")
         if r.n_seeds > 1:
-            return f"{r.ours_miou_mean:.2f} $\\pm$ {r.ours_miou_std:.2f}"
-        return f"{r.ours_miou_mean:.2f}"
+            return f"{mean:.2f} $\\pm$ {std:.2f}"
+        return f"{mean:.2f}"
 
     def pm(mean, std):
         if not _is_number(mean):
@@ -409,18 +557,18 @@ def format_table(df):
 
     reference_runs = set(df["paired_reference"].dropna().astype(str)) - {""}
 
-    def paired(r, stem: str, ci: str, verdict_col: str):
-        if r.role != "teacher" and r.run in reference_runs:
-            return "(reference)"
+    def paired(r, stem: str, ci: str, verdict_col: str, has: str | None = None):
+        if r.role != "teacher" and r.run in reference_runs:  # `has`: the row's own value
+            return "(reference)" if has is None or _is_number(getattr(r, has)) else "--"
         return format_paired(getattr(r, f"{stem}_mean"), getattr(r, f"{ci}_low"),
                              getattr(r, f"{ci}_high"), getattr(r, verdict_col))
 
     view = {"Method": [_tex_escape(m) for m in df["method"]]}
-    if any(df[c].astype(str).str.len().gt(0).any() for c in DESCRIPTIVE):
+    if spec.segmentation and any(df[c].astype(str).str.len().gt(0).any() for c in DESCRIPTIVE):
         for col, title in zip(DESCRIPTIVE, ("KD manner", "GT mask", "Boundary", "Context")):
             view[title] = [_tex_escape(v) if v else "--" for v in df[col]]
     quality = {}
-    if df["ours_boundary_iou_mean"].notna().any():
+    if spec.segmentation and df["ours_boundary_iou_mean"].notna().any():
         w = df["trimap_width"].dropna()
         w = int(w.iloc[0]) if len(w) else "?"
         quality = {
@@ -431,11 +579,18 @@ def format_table(df):
             "Ours frag. (\\%)": [pm(a, b) for a, b in zip(df["ours_fragmentation_mean"],
                                                         df["ours_fragmentation_std"])],
         }
-    if quality and df["paired_boundary_iou_diff_mean"].notna().any():
-        gains = [paired(r, "paired_boundary_iou_diff", "paired_boundary_iou_ci",
-                        "paired_boundary_iou_verdict") for r in df.itertuples()]
+    second_gain = {}
+    if df[f"{second}_diff_mean"].notna().any():
+        second_gain = {f"Ours {spec.second.title} gain {_ci_title()}": [
+            paired(r, f"{second}_diff", f"{second}_ci", f"{second}_verdict",
+                   f"ours_{spec.second.stem}_mean") for r in df.itertuples()]}
+    if quality and second_gain:
         items = list(quality.items())  # the B-IoU gain right after the B-IoU
-        quality = dict([items[0], (f"Ours B-IoU gain {_ci_title()}", gains), *items[1:]])
+        quality = dict([items[0], *second_gain.items(), *items[1:]])
+    if spec.segmentation:
+        second_gain = {}
+    shown = [m for m in others if df[f"ours_{m.stem}_mean"].notna().any()
+             or df[f"paper_{m.stem}"].notna().any()]
     cost = {}
     if df[["train_s_per_iter", "train_minutes", "peak_mem_mb"]].notna().any().any():
         kinds = sorted(set(df["peak_mem_kind"].dropna().astype(str)) - {""})
@@ -446,11 +601,16 @@ def format_table(df):
                 mem: [f"{v:.0f}" if _is_number(v) else "--" for v in df["peak_mem_mb"]]}
     return pd.DataFrame({
         **view,
-        "Paper mIoU": [_num(v) if _is_number(v) else "--" for v in df["paper_miou"]],
+        **{f"Paper {m.title}": [_num(v) if _is_number(v) else "--" for v in df[f"paper_{m.stem}"]]
+           for m in (first, *shown)},
         "Paper gain": [_gain(v) for v in df["paper_gain"]],
-        "Ours mIoU": [ours(r) for r in df.itertuples()],
+        f"Ours {first.title}": [ours(r) for r in df.itertuples()],
+        **{f"Ours {m.title}": [pm(a, b) for a, b in zip(df[f"ours_{m.stem}_mean"],
+                                                       df[f"ours_{m.stem}_std"])]
+           for m in shown},
         f"Ours gain {_ci_title()}": [paired(r, "paired_diff", "paired_diff_ci", "verdict")
                                 for r in df.itertuples()],
+        **second_gain,
         "Seeds": [str(int(n)) for n in df["n_seeds"]],
         "Params (M)": [_num(v) for v in df["params_m"]],
         "FLOPs (G)": [_num(v) for v in df["flops_g"]],
@@ -484,11 +644,46 @@ def _caption(cfg, name: str, df) -> str:
                 "and its peak memory (on CUDA the peak allocation, else the peak resident set, "
                 "which for distilled runs includes the teacher); -- where the run's metrics "
                 "predate these records.")
+    if "group" in df.columns:
+        paired = paired.replace("of the same student model", "of the same student model in "
+                                "its teacher's group")
+    task = ""
+    if not frame_task(df).segmentation:
+        task = (" AP$^b$ / AP$^m$: COCO box / mask mAP (IoU 0.50:0.95, percent); our gains "
+                "compare AP$^b$ (and AP$^m$ where both rows have masks)." + _mask_note(df))
     return (f"{_tex_escape(table['caption'])}. Ours: {ours} (teacher: one run), profile "
             f"{_tex_escape(cfg['profile'])}; our Params and FLOPs are counted by mmengine at "
             f"{size}, the paper's at its own input size. Paper values from "
             f"{_tex_escape(REFERENCE_CSV)}; the paper's gains are against its student row. "
-            f"{paired}.{cost}")
+            f"{paired}.{task}{cost}")
+
+
+def _and(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+
+
+def mask_note(df) -> str:
+    """The note beside a detector table whose rows include models without masks (plain text):
+    ``AP^m only for Cascade Mask R-CNN: GFL and RetinaNet predict no masks; the paper prints an
+    AP^m column for them``; empty when every row has masks."""
+    models = df.attrs.get("models") or {}
+    names = [models.get(run, method) for run, method in zip(df["run"], df["method"])]
+    has = list(df["ours_ap_mask_mean"].notna())
+    masks = list(dict.fromkeys(n for n, h in zip(names, has) if h))
+    without = list(dict.fromkeys(n for n, h in zip(names, has) if not h and n not in masks))
+    if not without:
+        return ""
+    head = f"AP^m only for {_and(masks)}" if masks else "AP^m: no model here predicts masks"
+    return (f"{head}: {_and(without)} predict{'s' if len(without) == 1 else ''} no masks; the "
+            "paper prints an AP^m column for them")
+
+
+def _mask_note(df) -> str:
+    note = mask_note(df)
+    if not note:
+        return ""
+    return (" " + _tex_escape(note).replace("AP\\textasciicircum{}m", "AP$^m$")
+            + f" (its values are in {_tex_escape(REFERENCE_CSV)}).")
 
 
 def to_latex(cfg, name: str, df) -> str:
@@ -498,6 +693,14 @@ def to_latex(cfg, name: str, df) -> str:
         column_format="l" + "r" * (view.shape[1] - 1), hrules=True, position="t",
         position_float="centering", caption=_caption(cfg, name, df), label=f"tab:{name}")
     begin, end = tex.index("\\begin{tabular}"), tex.index("\\end{tabular}") + len("\\end{tabular}")
+    if "group" in df.columns:  # a rule above each teacher group but the first
+        head, rule, body = tex[begin:end].partition("\\midrule\n")
+        lines = body.split("\n")
+        starts = {i for i, role in enumerate(df["role"]) if role == "teacher" and i > 0}
+        body = "\n".join(("\\midrule\n" + line) if i in starts else line
+                         for i, line in enumerate(lines))
+        tex = tex[:begin] + head + rule + body + tex[end:]
+        end = tex.index("\\end{tabular}") + len("\\end{tabular}")
     return (tex[:begin] + "\\resizebox{\\linewidth}{!}{%\n" + tex[begin:end] + "%\n}"
             + tex[end:])
 
@@ -557,13 +760,21 @@ def split_summary(cfg, name: str, split: str = "val"):
     The val numbers are for choosing settings; the tables report the test split."""
     import pandas as pd
 
-    table = P.lookup(cfg, "tables", name)
-    teacher, seeds = table["teacher"], list(cfg["seeds"])
+    seeds = list(cfg["seeds"])
+    out = []
+    for group in P.table_groups(P.lookup(cfg, "tables", name)):
+        out += _split_group(cfg, group, seeds, split)
+    return pd.DataFrame.from_records(out)
+
+
+def _split_group(cfg, group: dict, seeds: list, split: str) -> list[dict]:
+    """:func:`split_summary`'s lines of one teacher group."""
+    teacher = group["teacher"]
     t_seed = cfg["teachers"][teacher]["seed"]
-    rows = [{"method": table.get("teacher_label") or f"T: {teacher}", "role": "teacher",
+    rows = [{"method": group.get("teacher_label") or f"T: {teacher}", "role": "teacher",
              "run": teacher, "student_model": None, "distill": None,
              "res": {t_seed: _split_result(cfg, "teacher", teacher, None, split)}}]
-    for row in table["rows"]:
+    for row in group["rows"]:
         spec = cfg["runs"][row["run"]]
         rows.append({"method": row["label"], "role": "student", "run": row["run"],
                      "student_model": spec["student"], "distill": spec.get("distill"),
@@ -586,7 +797,7 @@ def split_summary(cfg, name: str, split: str = "val"):
             vals = [r["per_class_iou"].get(c, math.nan) for r in rec["res"].values()]
             line[f"iou.{c}"] = statistics.fmean(vals)
         out.append(line)
-    return pd.DataFrame.from_records(out)
+    return out
 
 
 def main_summary(args) -> None:

@@ -29,14 +29,16 @@ and run without a ``dataset`` key (stage ``data``, folder ``paths.data``); an op
 ``datasets: {<key>: <a data section>}`` adds more, chosen with ``teachers.T.dataset`` /
 ``runs.R.dataset: <key>`` (stage ``data-<key>``, folder ``{paths.data}/<key>``). A run
 distils on its teacher's dataset and a table's rows share its teacher's dataset
-(:func:`dataset_of`, :func:`table_dataset`).
+(:func:`dataset_of`, :func:`table_dataset`). A table lists one teacher and its rows, or
+``groups`` of them (:func:`table_groups`: Table V's three detector pairs in one table).
 """
 from __future__ import annotations
 
 from bcd.params.load import (
     ParamsError, read_params_file, deep_merge, files_of, remake_command, known_names)
 from bcd.params.resolve import (
-    lookup, data_section, data_spec, data_keys, dataset_of, table_dataset,
+    lookup, data_section, data_spec, data_keys, dataset_of, GROUP_KEYS, table_groups,
+    table_rows, table_dataset,
     figures_dataset, runs_used, teachers_used, datasets_used, draws_boundary,
     FIGURES_DEFAULTS, figures_spec, resolve_teacher, resolve_run, resolve_evaluate,
     resolve_table, bpkd_methods, resolve_figures, unique, param_keys_for_teacher,
@@ -57,7 +59,8 @@ from bcd.params.check import main_check
 
 __all__ = ['ParamsError', 'read_params_file', 'deep_merge', 'files_of', 'remake_command',
            'known_names', 'lookup', 'data_section', 'data_spec', 'data_keys', 'dataset_of',
-           'table_dataset', 'figures_dataset', 'runs_used', 'teachers_used', 'datasets_used',
+           'GROUP_KEYS', 'table_groups', 'table_rows', 'table_dataset', 'figures_dataset',
+           'runs_used', 'teachers_used', 'datasets_used',
            'draws_boundary', 'FIGURES_DEFAULTS', 'figures_spec', 'resolve_teacher', 'resolve_run',
            'resolve_evaluate', 'resolve_table', 'bpkd_methods', 'resolve_figures', 'unique',
            'param_keys_for_teacher', 'param_keys_for_run', 'param_keys_for_evaluate',

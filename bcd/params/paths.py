@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bcd.params.resolve import figures_dataset, figures_spec
+from bcd.params.resolve import figures_dataset, figures_spec, table_groups
 
 
 def data_dir(cfg, dataset: str | None = None) -> Path:
@@ -60,13 +60,14 @@ def curve_paths(cfg, run: str, seed) -> dict:
 
 def figures_runs(cfg) -> list[str]:
     """Runs whose training curves the figures stage draws and exports: the figures table's rows."""
-    return [row["run"] for row in cfg["tables"][figures_spec(cfg)["table"]]["rows"]]
+    group = table_groups(cfg["tables"][figures_spec(cfg)["table"]])[0]  # figures: one group
+    return [row["run"] for row in group["rows"]]
 
 
 def figures_inputs(cfg) -> dict:
     """Every file the figures stage reads, by role (paths as strings)."""
     fig = figures_spec(cfg)
-    seed, teacher = fig["seed"], cfg["tables"][fig["table"]]["teacher"]
+    seed, teacher = fig["seed"], table_groups(cfg["tables"][fig["table"]])[0]["teacher"]
     t, s, d = (teacher_paths(cfg, teacher), run_paths(cfg, fig["student"], seed),
                run_paths(cfg, fig["distilled"], seed))
     return {

@@ -46,9 +46,31 @@ def dataset_of(cfg, *, run: str | None = None, teacher: str | None = None) -> st
     return lookup(cfg, "runs", run).get("dataset")
 
 
+#: keys of a table that belong to its one teacher group (the one-teacher form)
+GROUP_KEYS = ("teacher", "teacher_label", "paper_teacher", "rows")
+
+
+def table_groups(table) -> list[dict]:
+    """A table's teacher groups, each in the one-teacher form ``{teacher, teacher_label?, rows,
+    caption, paper_table?, paper_dataset?, paper_teacher?}``: the entries of ``groups`` with
+    the table's other keys (a group's ``paper_teacher`` replaces the table's), else the table
+    itself as its one group. Each group: its teacher row, then its rows; paired statistics and
+    the paper's values within the group."""
+    if "groups" not in table:
+        return [table]
+    shared = {k: v for k, v in table.items() if k != "groups" and k not in GROUP_KEYS}
+    return [{**shared, **group} for group in table["groups"]]
+
+
+def table_rows(table) -> list[dict]:
+    """Every row of a table, group after group."""
+    return [row for group in table_groups(table) for row in group["rows"]]
+
+
 def table_dataset(cfg, name: str) -> str | None:
-    """A table's dataset: its teacher's (every row shares it, checked by the validation)."""
-    return dataset_of(cfg, teacher=lookup(cfg, "tables", name)["teacher"])
+    """A table's dataset: its (first) teacher's (every group's teacher and every row share it,
+    checked by the validation)."""
+    return dataset_of(cfg, teacher=table_groups(lookup(cfg, "tables", name))[0]["teacher"])
 
 
 def figures_dataset(cfg) -> str | None:
@@ -60,14 +82,14 @@ def figures_dataset(cfg) -> str | None:
 def runs_used(cfg) -> list[str]:
     """The runs some table needs, in the order of ``runs``: the workflow's run matrix (a run
     no table lists is defined but not built, so a profile shrinks the DAG by its table rows)."""
-    used = {row["run"] for t in cfg["tables"].values() for row in t["rows"]}
+    used = {row["run"] for t in cfg["tables"].values() for row in table_rows(t)}
     return [r for r in cfg["runs"] if r in used]
 
 
 def teachers_used(cfg) -> list[str]:
     used = [cfg["runs"][r]["teacher"] for r in runs_used(cfg)
             if cfg["runs"][r].get("teacher") is not None]
-    used += [t["teacher"] for t in cfg["tables"].values()]
+    used += [g["teacher"] for t in cfg["tables"].values() for g in table_groups(t)]
     return [t for t in cfg["teachers"] if t in used]
 
 
@@ -101,10 +123,10 @@ def figures_spec(cfg) -> dict | None:
     fig = cfg.get("figures")
     if fig is None:
         return None
-    table = cfg["tables"][fig["table"]]
-    rows = [row["run"] for row in table["rows"]]
+    group = table_groups(cfg["tables"][fig["table"]])[0]  # one group: checked by validation
+    rows = [row["run"] for row in group["rows"]]
     plain = [r for r in rows if not cfg["runs"][r].get("distill")]
-    boundary = [r for r in rows if draws_boundary(cfg, r, table["teacher"])]
+    boundary = [r for r in rows if draws_boundary(cfg, r, group["teacher"])]
     spec = {**FIGURES_DEFAULTS, "seed": cfg["seeds"][0],
             "student": plain[0] if plain else None,
             "distilled": boundary[-1] if boundary else None, **fig}

@@ -15,7 +15,7 @@ from bcd.params.resolve import (data_keys, data_section, dataset_of, datasets_us
                                 figures_spec, lookup, param_keys_for_evaluate,
                                 param_keys_for_figures, param_keys_for_run,
                                 param_keys_for_table, param_keys_for_teacher, runs_used,
-                                teachers_used, unique)
+                                table_groups, teachers_used, unique)
 
 
 #: Kinds of jobs with their own `resources.<kind>` (Snakemake rules: `evaluate_teacher` is
@@ -143,11 +143,13 @@ def stages(cfg) -> list[Stage]:
 
 
 def table_metrics(cfg, name: str) -> list[Path]:
-    """The metrics.json files a table reads: its teacher's, then every row's run x seed."""
-    table = lookup(cfg, "tables", name)
-    files = [teacher_paths(cfg, table["teacher"])["metrics"]]
-    files += [run_paths(cfg, row["run"], seed)["metrics"]
-              for row in table["rows"] for seed in cfg["seeds"]]
+    """The metrics.json files a table reads: per teacher group, its teacher's, then every row's
+    run x seed."""
+    files = []
+    for group in table_groups(lookup(cfg, "tables", name)):
+        files.append(teacher_paths(cfg, group["teacher"])["metrics"])
+        files += [run_paths(cfg, row["run"], seed)["metrics"]
+                  for row in group["rows"] for seed in cfg["seeds"]]
     return files
 
 

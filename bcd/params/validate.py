@@ -18,7 +18,8 @@ from bcd import methods as catalog
 from bcd.archs import BACKBONE_ARCHS, OWN_BACKBONE, UNAVAILABLE_ARCHS, describe
 from bcd.data.registry import data_schema, dataset_entry, key_errors
 from bcd.params.load import ParamsError, deep_merge, known_names, read_params_file
-from bcd.params.resolve import datasets_used, draws_boundary, runs_used, teachers_used
+from bcd.params.resolve import (GROUP_KEYS, datasets_used, draws_boundary, runs_used,
+                                table_groups, teachers_used)
 from bcd.reference import paper_reference_errors
 
 
@@ -289,18 +290,28 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
         out += _data_section_errors(section, ("datasets", key))
     for name, table in tables.items():
         where = ("tables", name)
-        if table["teacher"] not in teachers:
-            out.append((where + ("teacher",),
-                        f"unknown teacher {table['teacher']!r} (teachers: {known_names(teachers)})"))
-        seen = set()
-        for i, row in enumerate(table["rows"]):
-            if row["run"] not in runs:
-                out.append((where + ("rows", i, "run"),
-                            f"unknown run {row['run']!r} (runs: {known_names(runs)})"))
-            if row["run"] in seen:
-                out.append((where + ("rows", i, "run"), f"run {row['run']!r} listed twice"))
-            seen.add(row["run"])
-        for sub, message in paper_reference_errors(table):
+        groups = table_groups(table)
+        seen, heads = set(), {}
+        for g, group in enumerate(groups):
+            at = _group_path(table, name, g)
+            teacher = group["teacher"]
+            if teacher not in teachers:
+                out.append((at + ("teacher",),
+                            f"unknown teacher {teacher!r} (teachers: {known_names(teachers)})"))
+            elif teacher in heads:
+                out.append((at + ("teacher",),
+                            f"teacher {teacher!r} already heads group {heads[teacher]}: a "
+                            "teacher has one group (put its rows there)"))
+            heads.setdefault(teacher, g)
+            for i, row in enumerate(group["rows"]):
+                if row["run"] not in runs:
+                    out.append((at + ("rows", i, "run"),
+                                f"unknown run {row['run']!r} (runs: {known_names(runs)})"))
+                if row["run"] in seen:
+                    out.append((at + ("rows", i, "run"), f"run {row['run']!r} listed twice"))
+                seen.add(row["run"])
+        for sub, message in paper_reference_errors(
+                table, groups if "groups" in table else None):
             out.append((where + tuple(sub), message))
         out += _table_dataset_errors(cfg, name)
     if "figures" in cfg:
@@ -314,29 +325,71 @@ def _dataset_label(key) -> str:
     return "the top-level data" if key is None else f"datasets.{key}"
 
 
-def _table_dataset_errors(cfg, name: str) -> list[tuple[tuple, str]]:
-    """A table's rows share one dataset and one teacher: its teacher's (the teacher row and the
-    gains compare runs on the same data, distilled from the same checkpoint)."""
-    table, runs, teachers = cfg["tables"][name], cfg["runs"], cfg["teachers"]
-    if table["teacher"] not in teachers:
-        return []
-    want = teachers[table["teacher"]].get("dataset")
+def _group_path(table, name: str, g: int) -> tuple:
+    """The key path of a table's group ``g``: ``tables.NAME.groups[g]``, or ``tables.NAME``
+    for a table in the one-teacher form."""
+    return ("tables", name) + (("groups", g) if "groups" in table else ())
+
+
+def _table_form_errors(cfg) -> list[tuple[tuple, str]]:
+    """A table is either one teacher with its rows (``teacher`` + ``rows``) or ``groups`` of
+    them, never both (checked before the other rules: they read one of the two forms)."""
+    tables = cfg.get("tables")
     out = []
-    for i, row in enumerate(table["rows"]):
-        spec = runs.get(row["run"])
-        if spec is None:
+    for name, table in (tables.items() if isinstance(tables, Mapping) else ()):
+        if not isinstance(table, Mapping):
             continue
-        where = ("tables", name, "rows", i, "run")
-        if spec.get("dataset") != want:
-            out.append((where, f"table {name!r} mixes datasets: row {i} (run {row['run']!r}) "
-                               f"trains on {_dataset_label(spec.get('dataset'))}, the table's "
-                               f"teacher {table['teacher']!r} on {_dataset_label(want)} (a "
-                               "table's rows share one dataset and teacher)"))
-        elif spec.get("teacher") not in (None, table["teacher"]):
-            out.append((where, f"table {name!r} mixes teachers: row {i} (run {row['run']!r}) is "
-                               f"distilled from {spec['teacher']!r}, the table's teacher is "
-                               f"{table['teacher']!r} (a table's rows share one dataset and "
-                               "teacher)"))
+        where = ("tables", name)
+        single = [k for k in GROUP_KEYS if k in table and k != "paper_teacher"]
+        if "groups" in table and single:
+            out.append((where + (single[0],),
+                        f"{' and '.join(single)} and groups together: a table lists either "
+                        "one teacher (teacher + rows) or teacher groups (groups), not both"))
+        elif "groups" not in table:
+            for key in ("teacher", "rows"):
+                if key not in table:
+                    out.append((where + (key,), "missing (required, or list `groups` of "
+                                                "{teacher, rows})"))
+    return out
+
+
+def _table_dataset_errors(cfg, name: str) -> list[tuple[tuple, str]]:
+    """A table's rows share one dataset, and each group's rows its teacher: the group's (the
+    teacher row and the gains compare runs on the same data, distilled from the same
+    checkpoint); the groups of a table share one dataset too."""
+    table, runs, teachers = cfg["tables"][name], cfg["runs"], cfg["teachers"]
+    out, first = [], None
+    for g, group in enumerate(table_groups(table)):
+        teacher = group["teacher"]
+        if teacher not in teachers:
+            continue
+        want = teachers[teacher].get("dataset")
+        if first is None:
+            first = (g, teacher, want)
+        elif want != first[2]:
+            out.append((_group_path(table, name, g) + ("teacher",),
+                        f"table {name!r} mixes datasets: group {g}'s teacher {teacher!r} "
+                        f"trains on {_dataset_label(want)}, group {first[0]}'s teacher "
+                        f"{first[1]!r} on {_dataset_label(first[2])} (a table's groups share "
+                        "one dataset: make one table per dataset)"))
+            continue
+        for i, row in enumerate(group["rows"]):
+            spec = runs.get(row["run"])
+            if spec is None:
+                continue
+            where = _group_path(table, name, g) + ("rows", i, "run")
+            whose = "the table's" if "groups" not in table else f"group {g}'s"
+            if spec.get("dataset") != want:
+                out.append((where, f"table {name!r} mixes datasets: row {i} (run "
+                                   f"{row['run']!r}) trains on "
+                                   f"{_dataset_label(spec.get('dataset'))}, {whose} teacher "
+                                   f"{teacher!r} on {_dataset_label(want)} (a table's rows "
+                                   "share one dataset and teacher)"))
+            elif spec.get("teacher") not in (None, teacher):
+                out.append((where, f"table {name!r} mixes teachers: row {i} (run "
+                                   f"{row['run']!r}) is distilled from {spec['teacher']!r}, "
+                                   f"{whose} teacher is {teacher!r} (a table's rows share "
+                                   "one dataset and teacher)"))
     return out
 
 
@@ -415,6 +468,12 @@ def _figures_errors(cfg) -> list[tuple[tuple, str]]:
     if table is None:
         return [(("figures", "table"), f"unknown table {fig['table']!r} (tables: "
                                        f"{known_names(cfg['tables'])})")]
+    groups = table_groups(table)
+    if len(groups) > 1:
+        return [(("figures", "table"), f"table {fig['table']!r} has {len(groups)} teacher "
+                                       "groups; the figures draw one teacher and its rows "
+                                       "(pick a table with one teacher)")]
+    table = groups[0]
     rows = [row["run"] for row in table["rows"]]
     for key in ("student", "distilled"):
         if key in fig and fig[key] not in rows:
@@ -437,7 +496,7 @@ def _figures_errors(cfg) -> list[tuple[tuple, str]]:
 
 
 def _checked(cfg: dict, layers) -> dict:
-    problems = _schema_errors(cfg) + _finite_errors(cfg)
+    problems = _schema_errors(cfg) + _finite_errors(cfg) + _table_form_errors(cfg)
     if not problems:
         problems = _semantic_errors(cfg)
     if problems:

@@ -38,10 +38,25 @@ LOSSES = Path(__file__).resolve().parent / "losses"
 #: the fused backbone levels (Sec. IV-A), the classifier's output (logits) and input (the
 #: decoder's last features, "head"), the first backbone level ("low"), a detector's FPN outputs
 #: ("neck", a tuple of levels), the ground-truth labels (segmentation: the label map; detectors:
-#: their instances drawn as a label map, bcd.mm.detection.instance_label_map)
+#: their instances drawn as a label map, bcd.mm.detection.instance_label_map).
+#: Detectors only (bcd.mm.detection.DetTaps names each detector's dense head: GFL's and
+#: RetinaNet's box head, Cascade Mask R-CNN's RPN head): the dense head's per-level class logits
+#: ("head_cls") and box outputs ("head_reg"; "box_dists" where they are box-edge distributions,
+#: GFL only), the student assigner's positive anchors per level and their number, the head's
+#: features before its last conv ("head_held", pre-activation; CrossKD), the teacher head's last
+#: conv and predictors as a module ("head_tail", parameters used detached) and its box decoder;
+#: each image's ground-truth boxes and image metas ("gt_boxes", "img_metas")
 TAP_NAMES = ("student.fused", "teacher.fused", "student.logits", "teacher.logits",
              "student.head", "teacher.head", "student.low", "teacher.low",
-             "student.neck", "teacher.neck", "labels")
+             "student.neck", "teacher.neck", "labels",
+             "student.head_cls", "teacher.head_cls", "student.head_reg", "teacher.head_reg",
+             "student.box_dists", "teacher.box_dists", "student.positives",
+             "student.num_positives", "student.head_held", "teacher.head_held",
+             "teacher.head_tail", "teacher.box_decoder", "gt_boxes", "img_metas")
+#: facts of a model a loss's constructor may take (:attr:`Method.models`), as ``student.<fact>``
+#: or ``teacher.<fact>``: the number of FPN levels, the dense head's anchors per location and
+#: its box-distribution bins - 1 (None: box deltas); attributes of bcd.mm.detection.DetTaps
+MODEL_FACTS = ("neck_levels", "num_anchors", "reg_max")
 #: a ``channels`` value that is not an input's channel count: the dataset's number of classes
 CLASSES = "classes"
 
@@ -121,6 +136,9 @@ class Method:
             The constructor's signature holds the defaults.
         channels: constructor argument -> the ``inputs`` argument whose channel count it takes
             from the models, or :data:`CLASSES` (the number of classes).
+        models: constructor argument -> a fact of one model (``"student.<fact>"`` or
+            ``"teacher.<fact>"``, fact in :data:`MODEL_FACTS`) the wiring fills in; a model
+            without that fact (a segmentor) is refused.
         inputs_by: inputs that depend on a setting: ``{setting: {value: {argument: tap or
             None}}}`` replaces (``None``: drops) those inputs; the setting's schema has the
             ``default``. E.g. CD's ``teacher_features`` picks its teacher-side tap.
@@ -135,6 +153,7 @@ class Method:
     inputs: Mapping[str, str]
     settings: Mapping[str, Mapping] = field(default_factory=dict)
     channels: Mapping[str, str] = field(default_factory=dict)
+    models: Mapping[str, str] = field(default_factory=dict)
     inputs_by: Mapping[str, Mapping[str, Mapping[str, str | None]]] = field(default_factory=dict)
     scheduled: bool = False
     same_logits_stride: bool = False
@@ -142,7 +161,7 @@ class Method:
     module: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("inputs", "settings", "channels", "inputs_by"):
+        for name in ("inputs", "settings", "channels", "models", "inputs_by"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         where = f"Method {self.type!r}"
         if not isinstance(self.type, str) or not self.type.isidentifier():
@@ -160,6 +179,14 @@ class Method:
             if ref != CLASSES and ref not in self.inputs:
                 raise ValueError(f"{where}: channels[{arg!r}] = {ref!r} is neither an input "
                                  f"({', '.join(self.inputs)}) nor {CLASSES!r}")
+        for arg, ref in self.models.items():
+            side, _, fact = str(ref).partition(".")
+            if side not in ("student", "teacher") or fact not in MODEL_FACTS:
+                raise ValueError(f"{where}: models[{arg!r}] = {ref!r} must be 'student.<fact>' or "
+                                 f"'teacher.<fact>' with a fact in {', '.join(MODEL_FACTS)}")
+            if arg in self.settings or arg in self.channels:
+                raise ValueError(f"{where}: models[{arg!r}] is also a setting or a channel "
+                                 "argument; the models fill it in")
         for setting, by_value in self.inputs_by.items():
             schema = self.settings.get(setting, {})
             if "default" not in schema or "enum" not in schema:

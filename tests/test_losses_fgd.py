@@ -274,3 +274,30 @@ def test_defaults_are_the_released_retinanet_gfl_settings():
         (0.5, 1e-3, 5e-4, 5e-4, 5e-6)
     assert loss.align is None and FGDLoss(2, 4).align is not None
     assert loss.loss_weight == 1.0
+
+
+def test_num_levels_sums_one_fgd_per_level_each_with_its_own_blocks():
+    """``num_levels=L`` (the FPN wiring): the sum over levels of one-level FGDs, each with its
+    own align conv and context blocks (the released code's one loss per level)."""
+    torch.manual_seed(0)
+    s0, t0, boxes, shapes = _case()
+    s1, t1 = torch.randn(2, 3, 3, 4, dtype=F64), torch.randn(2, 4, 3, 4, dtype=F64)
+    loss = FGDLoss(3, 4, lambda_fgd=0.1, num_levels=2, loss_weight=0.5).double()
+    assert loss.align is None and loss.context_S is None and len(loss.levels) == 2
+    assert loss.levels[0].context_S is not loss.levels[1].context_S
+    for lv in loss.levels:  # make the levels' blocks differ
+        torch.nn.init.normal_(lv.context_S.value_out.weight)
+    want = sum(lv(s, t, boxes, shapes) for lv, s, t in zip(loss.levels, (s0, s1), (t0, t1)))
+    got = loss([s0, s1], (t0, t1), boxes, shapes)
+    assert torch.allclose(got, 0.5 * want)
+    parts = loss.last_fg + loss.last_bg + loss.last_at + loss.last_global
+    assert torch.allclose(parts, got.detach())
+    got.backward()
+    assert all(lv.context_S.value_out.weight.grad.abs().sum() > 0 for lv in loss.levels)
+    assert all(lv.align.weight.grad is not None for lv in loss.levels)
+    with pytest.raises(ValueError, match=r"preds_S must be a sequence of num_levels = 2 maps"):
+        loss(s0, t0, boxes, shapes)
+    with pytest.raises(ValueError, match=r"preds_T must be a sequence of num_levels = 2 maps.*1 maps"):
+        loss([s0, s1], [t0], boxes, shapes)
+    with pytest.raises(ValueError, match="num_levels must be an int >= 1"):
+        FGDLoss(3, 4, num_levels=0)

@@ -14,7 +14,8 @@ DECLARED = M.declared()
 def test_every_loss_module_declares_and_reading_without_import_matches_the_import():
     assert {"BoundaryDistillLoss", "ContextDistillLoss", "PixelKDLoss", "ChannelWiseDivergence",
             "PairwiseSimilarityLoss", "IFVDLoss", "CrossImageRelationLoss", "BPKDLoss",
-            "TATLoss", "SSTKDLoss", "FeatureL2Loss"} <= set(DECLARED)
+            "TATLoss", "SSTKDLoss", "FeatureL2Loss", "PKDLoss", "FGDLoss", "LDLoss",
+            "CrossKDLoss"} <= set(DECLARED)
     for loss_type, method in DECLARED.items():
         module = importlib.import_module(method.module)
         assert module.METHOD == method, loss_type  # the AST reading = Python's
@@ -28,11 +29,11 @@ def test_declaration_matches_the_constructor(loss_type):
     cls = getattr(importlib.import_module(method.module), loss_type)
     params = inspect.signature(cls).parameters
     # every setting a params file may give, and every channel argument, is a constructor argument
-    for arg in (*method.settings, *method.channels, "loss_weight"):
+    for arg in (*method.settings, *method.channels, *method.models, "loss_weight"):
         assert arg in params, (loss_type, arg)
     # the constructor's required arguments are all filled in from the models
     required = {k for k, p in params.items() if p.default is inspect.Parameter.empty}
-    assert required <= set(method.channels), (loss_type, required)
+    assert required <= set(method.channels) | set(method.models), (loss_type, required)
     # a default the wiring reads (inputs_by) is the constructor's
     for setting in method.inputs_by:
         assert method.settings[setting]["default"] == params[setting].default, setting
@@ -93,6 +94,11 @@ def test_a_new_file_is_found_and_bad_declarations_are_refused(tmp_path):
      "'loss_weight' is every method's"),
     (dict(inputs=dict(preds_S="student.head"), channels=dict(in_channels="preds_T")),
      "channels['in_channels'] = 'preds_T' is neither an input"),
+    (dict(inputs=dict(preds_S="student.neck"), models=dict(num_levels="student.width")),
+     "models['num_levels'] = 'student.width' must be 'student.<fact>'"),
+    (dict(inputs=dict(preds_S="student.neck"), settings=dict(num_levels=M.INTEGER),
+          models=dict(num_levels="student.neck_levels")),
+     "models['num_levels'] is also a setting"),
     (dict(inputs=dict(preds_S="student.head"), settings=dict(side=M.choice("a", "b")),
           inputs_by=dict(side=dict(a=dict(preds_S="student.low")))),
      "inputs_by['side'] needs a setting 'side' declared with choice(..., default=...)"),

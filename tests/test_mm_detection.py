@@ -1,6 +1,7 @@
 """Table V's detectors through mmrazor: each one distils with BCD (BD + CD on the fused backbone
-levels) and PKD (FPN) for two iterations; the ground truth BD's probe reads; methods that do not
-apply to a detector (or to a segmentor) are refused by name; the COCO-format data."""
+levels), PKD, FGD (FPN), LD (GFL's box distributions) and CrossKD (the dense head) for two
+iterations; the ground truth BD's probe reads; methods that do not apply to a detector (or to a
+segmentor) are refused by name; the COCO-format data."""
 import json
 
 import numpy as np
@@ -69,6 +70,88 @@ def test_each_detector_distils_with_bcd_and_pkd_for_two_iterations(arch):
     assert fuse.lateral_convs[0].weight.grad is not None  # BD/CD train the student's connector
 
 
+#: Table V's comparison methods on the detectors (docs/baselines.md): each applicable pair
+#: distils; LD is not applicable to RetinaNet / Cascade Mask R-CNN (box deltas)
+KD = {"fgd": {"type": "FGDLoss"}, "ld": {"type": "LDLoss"}, "crosskd": {"type": "CrossKDLoss"}}
+APPLIES = [(a, m) for a in sorted(PAIRS) for m in sorted(KD)
+           if not (m == "ld" and a != "gfl")]
+
+
+@pytest.mark.parametrize("arch,method", APPLIES)
+def test_each_detector_distils_with_the_table5_methods_for_two_iterations(arch, method):
+    torch.manual_seed(0)
+    algo = _algorithm(arch, {method: KD[method]})
+    algo.train()
+    own = [p for p in algo.distiller.parameters() if p.requires_grad]
+    optim = torch.optim.SGD([p for p in algo.parameters() if p.requires_grad], lr=1e-3)
+    teacher_before = {k: v.clone() for k, v in algo.teacher.state_dict().items()}
+    # the teacher head handed to CrossKD is no submodule of the distiller: nothing duplicated
+    assert not any(k.startswith("distiller.") and "head" in k.split(".")[-2:-1]
+                   for k in algo.state_dict())
+    assert not {id(p) for p in algo.distiller.parameters()} & {
+        id(p) for p in algo.teacher.parameters()}
+    head = getattr(algo.student, configs.taps(_spec(arch, PAIRS[arch][0])).dense_head)
+    for _ in range(2):
+        data = algo.data_preprocessor(_batch(arch), True)
+        losses = algo(**data, mode="loss")
+        distill = {k: v for k, v in losses.items() if k.startswith("distill.")}
+        assert set(distill) == {f"distill.loss_{method}"}
+        assert all(torch.isfinite(v) and v > 0 for v in distill.values()), distill
+        optim.zero_grad()
+        distill[f"distill.loss_{method}"].backward(retain_graph=True)  # the term alone
+        assert all(p.grad is None for p in algo.teacher.parameters())
+        # it reaches the student: FGD its FPN, LD / CrossKD its dense head (CrossKD on the
+        # RPN: the FPN, whose outputs go through the teacher's whole one-conv RPN head)
+        on_fpn = method == "fgd" or (method == "crosskd" and arch == "cascade_mask_rcnn")
+        reached = algo.student.neck if on_fpn else head
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in reached.parameters())
+        # the loss's own learnable parts (FGD's align/context blocks per level) train
+        assert all(p.grad is not None for p in own)
+        optim.zero_grad()
+        parsed, _ = algo.parse_losses(losses)
+        parsed.backward()
+        optim.step()
+    assert all(torch.equal(v, algo.teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert all(not m.training for m in algo.teacher.modules())
+    if method == "fgd":
+        levels = algo.distiller.distill_losses["loss_fgd"].levels
+        assert len(levels) == 5 and all(lv.context_S.value_out.weight.grad.abs().sum() > 0
+                                        for lv in levels)
+    else:
+        assert not own  # LD and CrossKD have no learnable parts
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "cascade_mask_rcnn"])
+def test_ld_is_refused_on_heads_without_box_distributions(arch):
+    s, t = (_spec(arch, d) for d in PAIRS[arch])
+    with pytest.raises(ValueError, match=r"method 'ld' \(LDLoss\) is not applicable to .*"
+                                         r"regresses box deltas"):
+        configs.distiller({"ld": KD["ld"]}, s, t, num_classes=3)
+
+
+def test_dense_head_facts_match_the_built_detectors():
+    from mmdet.registry import MODELS
+
+    detection.require_mmdet()
+    for arch in PAIRS:
+        spec = _spec(arch, PAIRS[arch][0])
+        t = configs.taps(spec)
+        from mmengine.config import ConfigDict
+
+        model = MODELS.build(ConfigDict(detection.detector(spec, 3)))
+        head = getattr(model, t.dense_head)
+        assert type(head).__module__ + "." + type(head).__name__ == t.head_class
+        assert head.num_base_priors == t.num_anchors
+        assert getattr(head, "reg_max", None) == t.reg_max
+        assert model.neck.num_outs == t.neck_levels
+    cfg = configs.distiller({"crosskd": KD["crosskd"], "fgd": KD["fgd"]},
+                            _spec("retinanet", 50), _spec("retinanet", 101), num_classes=3)
+    assert cfg["distill_losses"]["loss_crosskd"] == dict(type="CrossKDLoss", num_anchors=9,
+                                                         reg_max=None)
+    assert cfg["distill_losses"]["loss_fgd"]["num_levels"] == 5
+    assert cfg["teacher_recorders"]["head_out"]["source"].endswith("RetinaHead.forward")
+
+
 def test_detector_configs_follow_the_spec():
     spec = dict(arch="gfl", depth=18, base_channels=16)
     m = detection.detector(spec, num_classes=5)
@@ -98,6 +181,20 @@ def test_methods_that_do_not_apply_are_refused_by_name():
     with pytest.raises(ValueError, match="same neck_channels"):
         configs.distiller({"pkd": {"type": "PKDLoss"}}, s, dict(t, neck_channels=64),
                           num_classes=3)
+    # FGD aligns the widths (1x1 conv); CrossKD needs one head type and width
+    wide = configs.distiller({"fgd": {"type": "FGDLoss"}}, s, dict(t, neck_channels=64),
+                             num_classes=3)
+    assert wide["distill_losses"]["loss_fgd"]["teacher_channels"] == 64
+    with pytest.raises(ValueError, match=r"method 'x' \(CrossKDLoss\) runs the student's head "
+                                         "features through the teacher's head"):
+        configs.distiller({"x": {"type": "CrossKDLoss"}}, s, dict(t, neck_channels=64),
+                          num_classes=3)
+    with pytest.raises(ValueError, match="CrossKDLoss.*one head type"):
+        configs.distiller({"x": {"type": "CrossKDLoss"}}, s, _spec("retinanet", 50),
+                          num_classes=3)
+    for ltype in ("FGDLoss", "LDLoss", "CrossKDLoss"):
+        with pytest.raises(ValueError, match=rf"method 'x' \({ltype}\) reads .* is a segmentor"):
+            configs.distiller({"x": {"type": ltype}}, seg, dict(seg, depth=50), num_classes=3)
 
 
 def test_bd_probe_labels_are_the_instances_drawn_smallest_on_top():

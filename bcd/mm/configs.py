@@ -357,7 +357,35 @@ TAPS: dict[str, dict] = {
     "student.neck": dict(from_student=True, recorder="neck"),
     "teacher.neck": dict(from_student=False, recorder="neck"),
     "labels": dict(from_student=True, recorder="gt", data_idx=1, connector="gt_labels"),
+    # detectors (bcd.mm.detection.DetTaps): the dense head's forward outputs (cls, reg per level;
+    # MethodOutputs on the head class's forward: mmdet's tensor mode calls head.forward directly,
+    # so no module hook would see the teacher's)
+    "student.head_cls": dict(from_student=True, recorder="head_out", data_idx=0),
+    "teacher.head_cls": dict(from_student=False, recorder="head_out", data_idx=0),
+    "student.head_reg": dict(from_student=True, recorder="head_out", data_idx=1),
+    "teacher.head_reg": dict(from_student=False, recorder="head_out", data_idx=1),
+    "student.box_dists": dict(from_student=True, recorder="head_out", data_idx=1),
+    "teacher.box_dists": dict(from_student=False, recorder="head_out", data_idx=1),
+    # the student assigner's positive anchors per level and their number (head.get_targets)
+    "student.positives": dict(from_student=True, recorder="targets", connector="s_targets",
+                              connector_idx=0),
+    "student.num_positives": dict(from_student=True, recorder="targets", connector="s_targets",
+                                  connector_idx=1),
+    # CrossKD: head features before the last conv (recomputed from the FPN outputs), the
+    # teacher head's last conv + predictors (a module handed over after build) and its decoder
+    "student.head_held": dict(from_student=True, recorder="neck", connector="s_held"),
+    "teacher.head_held": dict(from_student=False, recorder="neck", connector="t_held"),
+    "teacher.head_tail": dict(from_student=False, recorder="neck", connector="t_tail"),
+    "teacher.box_decoder": dict(from_student=False, recorder="head_out", connector="t_decoder"),
+    # each image's ground-truth boxes and image metas (the detector's loss inputs; FGD)
+    "gt_boxes": dict(from_student=True, recorder="gt", data_idx=1, connector="gt_boxes",
+                     connector_idx=0),
+    "img_metas": dict(from_student=True, recorder="gt", data_idx=1, connector="gt_boxes",
+                      connector_idx=1),
 }
+#: taps read from a detector's dense head (DetTaps.dense_head); segmentors have none
+DENSE_HEAD_TAPS = ("head_cls", "head_reg", "box_dists", "positives", "num_positives",
+                   "head_held", "head_tail", "box_decoder")
 
 
 def loss_inputs(ltype: str, settings: Mapping[str, Any]) -> dict[str, str]:
@@ -423,15 +451,43 @@ def loss_channels(ltype: str, inputs: Mapping[str, str], student: Taps, teacher:
     return out
 
 
+def model_facts(ltype: str, student: Taps, teacher: Taps) -> dict:
+    """Constructor arguments a loss takes from the models' facts (its declaration's
+    ``models``, e.g. FGD's number of FPN levels, CrossKD's anchors per location)."""
+    out = {}
+    for arg, ref in catalog.method(ltype).models.items():
+        side, _, fact = ref.partition(".")
+        model = student if side == "student" else teacher
+        if not hasattr(model, fact):
+            raise ValueError(f"{ltype}: {arg} is the {side}'s {fact}, which only detectors have")
+        out[arg] = getattr(model, fact)
+    return out
+
+
 def _check_applies(name: str, ltype: str, inputs: Mapping[str, str], student_spec,
                    teacher_spec, student: Taps, teacher: Taps) -> None:
     """Refuse, at config time, a method that cannot read what this student/teacher pair gives."""
+    if ({"gt_boxes", "img_metas"} & set(inputs.values())
+            and not detection.is_detector(student_spec)):
+        raise ValueError(
+            f"method {name!r} ({ltype}) reads ground-truth boxes, but the student "
+            f"{describe(student_spec)} is a segmentor; it applies to detectors")
     for role, model_spec, model in (("student", student_spec, student),
                                     ("teacher", teacher_spec, teacher)):
         for tap in inputs.values():
             side, _, what = (tap or "").partition(".")
             if side != role:
                 continue
+            if what in DENSE_HEAD_TAPS and getattr(model, "dense_head", None) is None:
+                raise ValueError(
+                    f"method {name!r} ({ltype}) reads the {role}'s dense detection head, but "
+                    f"the {role} {describe(model_spec)} is a segmentor; it applies to detectors")
+            if what == "box_dists" and model.reg_max is None:
+                raise ValueError(
+                    f"method {name!r} ({ltype}) is not applicable to {describe(model_spec)}: it "
+                    f"distils box-edge distributions, and the {role}'s {model.dense_head} "
+                    "regresses box deltas (no distribution head; LD applies to GFL, "
+                    "docs/baselines.md 'LD')")
             if what in ("logits", "head") and model.head_channels is None:
                 raise ValueError(
                     f"method {name!r} ({ltype}) reads the {role}'s segmentation {what}, but the "
@@ -441,7 +497,16 @@ def _check_applies(name: str, ltype: str, inputs: Mapping[str, str], student_spe
                 raise ValueError(
                     f"method {name!r} ({ltype}) reads the {role}'s FPN outputs, but the {role} "
                     f"{describe(model_spec)} is a segmentor (no FPN); it applies to detectors")
-    if (inputs.get("preds_S") == "student.neck"
+    if "teacher.head_tail" in inputs.values() and (
+            student_spec.get("arch") != teacher_spec.get("arch")
+            or student.neck_channels != teacher.neck_channels):
+        raise ValueError(
+            f"method {name!r} ({ltype}) runs the student's head features through the teacher's "
+            f"head, so both need one head type and width; the student {describe(student_spec)} "
+            f"has {student.neck_channels} channels, the teacher {describe(teacher_spec)} "
+            f"{teacher.neck_channels}")
+    widths_given = {"preds_S", "preds_T"} <= set(catalog.method(ltype).channels.values())
+    if (inputs.get("preds_S") == "student.neck" and not widths_given
             and student.neck_channels != teacher.neck_channels):
         raise ValueError(
             f"method {name!r} ({ltype}) compares the FPN outputs channel by channel, but the "
@@ -477,6 +542,8 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
         for key, value in loss_channels(ltype, inputs, s_taps, t_taps, num_classes,
                                         fused).items():
             settings.setdefault(key, value)
+        for key, value in model_facts(ltype, s_taps, t_taps).items():
+            settings.setdefault(key, value)
         losses[f"loss_{name}"] = dict(type=ltype, **settings)
         mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap]) for arg, tap in inputs.items()}
         used.update(inputs.values())
@@ -502,8 +569,27 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
         record("logits", "ModuleOutputs", "classifier")
     if used & {"student.head", "teacher.head"}:
         record("head", "ModuleInputs", "classifier")
-    if used & {"student.neck", "teacher.neck"}:
+    if used & {"student.neck", "teacher.neck", "student.head_held", "teacher.head_held",
+               "teacher.head_tail"}:
         record("neck", "ModuleOutputs", "neck")
+    for side, rec, model in (("student", s_rec, s_taps), ("teacher", t_rec, t_taps)):
+        if used & {f"{side}.{w}" for w in ("head_cls", "head_reg", "box_dists", "box_decoder")}:
+            rec["head_out"] = dict(type="MethodOutputs", source=f"{model.head_class}.forward")
+    if used & {"student.positives", "student.num_positives"}:
+        s_rec["targets"] = dict(type="MethodOutputs", source=f"{s_taps.head_class}.get_targets")
+        connectors["s_targets"] = dict(type="DetAssignerTargets", head=s_taps.dense_head,
+                                       labels_idx=s_taps.labels_idx)
+    for side, key, model in (("student", "s_held", s_taps), ("teacher", "t_held", t_taps)):
+        if f"{side}.head_held" in used:
+            connectors[key] = dict(type="DetHeldFeatures", head=model.dense_head,
+                                   from_student=side == "student")
+    if "teacher.head_tail" in used:
+        connectors["t_tail"] = dict(type="DetHeadTail", head=t_taps.dense_head)
+    if "teacher.box_decoder" in used:
+        connectors["t_decoder"] = dict(type="DetBoxDecoder", head=t_taps.dense_head)
+    if used & {"gt_boxes", "img_metas"}:
+        s_rec["gt"] = dict(type="MethodInputs", source=s_taps.loss_method)
+        connectors["gt_boxes"] = dict(type="DetGroundTruth")
     if "labels" in used and detection.is_detector(student_spec):
         # the detector's loss(inputs, data_samples): its instances drawn as a label map
         s_rec["gt"] = dict(type="MethodInputs", source=s_taps.loss_method)

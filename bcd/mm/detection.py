@@ -32,6 +32,18 @@ LOSS_METHODS = {
     "retinanet": "mmdet.models.detectors.single_stage.SingleStageDetector.loss",
     "cascade_mask_rcnn": "mmdet.models.detectors.two_stage.TwoStageDetector.loss",
 }
+#: each detector's dense head (the head CrossKD and LD read; Cascade Mask R-CNN: its RPN head):
+#: attribute, mmdet class, anchors per location and box-distribution bins - 1 (None: box
+#: deltas), as in mmdet 3.3.0's configs of CONFIGS (tests/test_mm_detection.py checks them
+#: against the built models)
+DENSE_HEADS = {
+    "gfl": ("bbox_head", "mmdet.models.dense_heads.gfl_head.GFLHead", 1, 16),
+    "retinanet": ("bbox_head", "mmdet.models.dense_heads.retina_head.RetinaHead", 9, None),
+    "cascade_mask_rcnn": ("rpn_head", "mmdet.models.dense_heads.rpn_head.RPNHead", 3, None),
+}
+#: index of the per-level labels in the outputs of each head class's ``get_targets``
+#: (GFLHead's start with the anchors, AnchorHead's with the labels)
+_LABELS_IDX = {"gfl": 1, "retinanet": 0, "cascade_mask_rcnn": 0}
 _RESNET_EXPANSION = {18: 1, 34: 1, 50: 4, 101: 4, 152: 4}
 # mmdet's detection pipelines normalise with the ImageNet statistics (BGR files -> RGB)
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
@@ -86,6 +98,12 @@ class DetTaps:
     levels: list[int]      # channels of the backbone's outputs (recorder on `backbone`)
     neck_channels: int     # channels of every FPN output (recorder on `neck`)
     loss_method: str       # MethodInputs source that carries the data samples
+    dense_head: str        # attribute of the dense head (bbox_head; Cascade: rpn_head)
+    head_class: str        # its mmdet class (MethodOutputs on <class>.forward / .get_targets)
+    num_anchors: int       # anchors per location of the dense head
+    reg_max: int | None    # box-distribution bins - 1 (GFL), None: box deltas
+    labels_idx: int        # index of the labels in <class>.get_targets' outputs
+    neck_levels: int = 5   # FPN outputs (mmdet's configs: num_outs=5 for the three detectors)
     first_stride: int = 4
     head_channels: None = None   # no decode head: methods on logits/head features do not apply
     logits_stride: None = None
@@ -95,8 +113,11 @@ class DetTaps:
 
 def taps(spec: Mapping[str, Any]) -> DetTaps:
     check_spec(spec)
+    arch = spec["arch"]
+    head, cls, anchors, reg_max = DENSE_HEADS[arch]
     return DetTaps(levels=resnet_levels(spec), neck_channels=neck_channels(spec),
-                   loss_method=LOSS_METHODS[spec["arch"]])
+                   loss_method=LOSS_METHODS[arch], dense_head=head, head_class=cls,
+                   num_anchors=anchors, reg_max=reg_max, labels_idx=_LABELS_IDX[arch])
 
 
 def check_spec(spec: Mapping[str, Any]) -> None:
@@ -238,3 +259,106 @@ def gt_boxes(data_samples: Sequence) -> list:
         boxes = sample.gt_instances.bboxes
         out.append(copy.copy(boxes.tensor if hasattr(boxes, "tensor") else boxes))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense heads for CrossKD and LD: positives, held features, the teacher's tail, box decoding
+# ----------------------------------------------------------------------------------------------
+# The three dense heads, seen as ``convs`` (per branch) then predictors: GFLHead and RetinaHead
+# have two branches (cls_convs, reg_convs: 4 ConvModules each) and the predictors
+# gfl_cls/gfl_reg (+ per-level Scale) or retina_cls/retina_reg; RPNHead has one shared conv
+# (rpn_conv, an nn.Conv2d, ReLU after it) and rpn_cls/rpn_reg. "Held" features are those
+# before the last conv (CrossKD's layer i = n - 1; released: 3 of 4), pre-activation.
+
+
+def _branches(head) -> tuple[list, list] | None:
+    """``(cls_convs, reg_convs)`` of GFL/RetinaNet heads; None for RPNHead (one shared conv)."""
+    if hasattr(head, "cls_convs") and hasattr(head, "reg_convs"):
+        return list(head.cls_convs), list(head.reg_convs)
+    if hasattr(head, "rpn_conv") and hasattr(head, "rpn_cls"):
+        import torch.nn as nn
+
+        if not isinstance(head.rpn_conv, nn.Conv2d):
+            raise ValueError("CrossKD on RPNHead supports its default single rpn_conv only")
+        return None
+    raise ValueError(f"CrossKD: unsupported dense head {type(head).__name__}")
+
+
+def held_features(head, feats: Sequence) -> list:
+    """Per FPN level, the head's features before its last conv, pre-activation: GFL/RetinaNet
+    ``(cls, reg)`` after convs ``0 .. n-2`` (the last of them not activated); RPN: the level
+    itself (its only conv is the last)."""
+    branches = _branches(head)
+    if branches is None:
+        return list(feats)
+    out = []
+    for x in feats:
+        pair = []
+        for convs in branches:
+            y = x
+            for i, conv in enumerate(convs[:-1]):
+                y = conv(y, activate=i + 2 < len(convs))
+            pair.append(y)
+        out.append(tuple(pair))
+    return out
+
+
+def head_tail(head):
+    """The head's last conv and predictors as a module ``tail(held, level) -> (cls, reg)``
+    (the head is its submodule, so CrossKD can call it with detached parameters)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class DenseHeadTail(nn.Module):
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x, level: int):
+            h = self.head
+            if _branches(h) is None:  # RPN: conv, ReLU, predictors
+                y = F.relu(h.rpn_conv(x))
+                return h.rpn_cls(y), h.rpn_reg(y)
+            cls_convs, reg_convs = _branches(h)
+            c, r = (torch.relu(t) if len(cls_convs) > 1 else t for t in x)
+            c, r = cls_convs[-1](c), reg_convs[-1](r)
+            if hasattr(h, "gfl_cls"):
+                return h.gfl_cls(c), h.scales[level](h.gfl_reg(r)).float()
+            return h.retina_cls(c), h.retina_reg(r)
+
+    return DenseHeadTail(head)
+
+
+def box_decoder(head, cls_maps: Sequence):
+    """``decode(reg, level) -> (N H W A, 4)`` boxes of the head's box outputs at the levels of
+    ``cls_maps`` (anchor order n, h, w, a): GFL integrates the distributions and decodes the
+    distances from the anchor centres in stride units (as GFLHead's loss); anchor heads decode
+    their deltas (the head's bbox_coder) from the anchors. Differentiable in ``reg``."""
+    sizes = [c.shape[-2:] for c in cls_maps]
+    anchors = head.prior_generator.grid_priors(sizes, device=cls_maps[0].device)
+    anchors = [a.to(cls_maps[0].dtype) for a in anchors]
+    strides = head.prior_generator.strides
+    is_gfl = hasattr(head, "integral")
+
+    def decode(reg, level: int):
+        n = reg.shape[0]
+        if is_gfl:
+            dist = head.integral(reg.permute(0, 2, 3, 1).reshape(-1, 4 * (head.reg_max + 1)))
+            centers = head.anchor_center(anchors[level]) / strides[level][0]
+            return head.bbox_coder.decode(centers.repeat(n, 1), dist)
+        deltas = reg.permute(0, 2, 3, 1).reshape(-1, 4)
+        boxes = head.bbox_coder.decode(anchors[level].repeat(n, 1), deltas)
+        return boxes.tensor if hasattr(boxes, "tensor") else boxes
+
+    return decode
+
+
+def positive_anchors(labels: Sequence, num_classes: int):
+    """Per level, the bool mask of the assigner's positive anchors (``0 <= label < num_classes``;
+    mmdet labels negatives ``num_classes``), and their number (>= 1) as a float Tensor."""
+    import torch
+
+    masks = [(lab >= 0) & (lab < num_classes) for lab in labels]
+    count = sum(m.sum() for m in masks).float().clamp(min=1.0)
+    return [m.detach() for m in masks], count.detach()

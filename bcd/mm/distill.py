@@ -69,6 +69,13 @@ class PairedTeacherDistill(SingleTeacherDistill):
             architecture = MODELS.build(architecture)
         with preserved_rng():
             super().__init__(architecture=architecture, **kwargs)
+        # connectors that read a model's modules (CrossKD's teacher-head tail, the detector
+        # heads' held features and targets: bcd.mm.registry) get them handed over here, held
+        # outside the module tree (no duplicated parameters, nothing for the optimiser)
+        for connector in self.distiller.connectors.values():
+            bind = getattr(connector, "bind_models", None)
+            if callable(bind):
+                bind(self.student, self.teacher)
         self._teacher_eval()
         if not self.teacher_trainable:
             # mmrazor runs a frozen teacher with mode="loss" only for its recorders; its losses

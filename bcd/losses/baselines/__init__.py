@@ -2,8 +2,8 @@
 
 One module per method; every class has a ``loss_weight`` attribute (read at each call) and a
 ``forward`` that returns a scalar already multiplied by it; each module declares its wiring
-(``METHOD``, :mod:`bcd.methods`), except the detection methods of Table V (CrossKD, FGD,
-LD), whose detector wiring is not designed yet. CWD is mmrazor's ``ChannelWiseDivergence``:
+(``METHOD``, :mod:`bcd.methods`; the detection methods of Table V, CrossKD, FGD and LD, on
+the detectors' FPN and dense heads). CWD is mmrazor's ``ChannelWiseDivergence``:
 ``cwd.py`` only declares it. Equations and choices: ``docs/baselines.md``.
 """
 from .bpkd import BPKDLoss, edge_body_masks

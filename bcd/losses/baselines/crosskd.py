@@ -21,8 +21,23 @@ from torch.func import functional_call
 
 from ._common import check_int, check_positive
 from ..precision import _float32
+from ...methods import Method, POSITIVE, WEIGHT
 
 _NAME = "CrossKDLoss"
+
+#: bcd.methods: params `type: CrossKDLoss`, on the dense head (GFL, RetinaNet; Cascade Mask
+#: R-CNN: its RPN head): the student's head features before the last conv go through the
+#: teacher head's last conv and predictors (docs/baselines.md, "CrossKD")
+METHOD = Method(
+    type="CrossKDLoss",
+    inputs=dict(student_feats="student.head_held", teacher_head="teacher.head_tail",
+                teacher_cls="teacher.head_cls", teacher_reg="teacher.head_reg",
+                teacher_feats="teacher.head_held", decode="teacher.box_decoder",
+                avg_factor="student.num_positives"),
+    settings=dict(temperature=POSITIVE, beta=POSITIVE, cls_weight=WEIGHT, kl_weight=WEIGHT,
+                  box_weight=WEIGHT, align={"type": "boolean"}),
+    models=dict(num_anchors="teacher.num_anchors", reg_max="teacher.reg_max"),
+)
 
 
 def align_to_teacher(feat_S: Tensor, feat_T: Tensor, eps: float = 1e-6) -> Tensor:

@@ -25,8 +25,21 @@ from torch import Tensor, nn
 
 from ._common import check_int, check_positive
 from ..precision import float32_math
+from ...methods import Method, POSITIVE, WEIGHT
 
 _NAME = "FGDLoss"
+
+#: bcd.methods: params `type: FGDLoss`, on every FPN output of a detector (one set of context
+#: blocks per level, as released), with each image's ground-truth boxes (docs/baselines.md)
+METHOD = Method(
+    type="FGDLoss",
+    inputs=dict(preds_S="student.neck", preds_T="teacher.neck", gt_bboxes="gt_boxes",
+                img_shapes="img_metas"),
+    settings=dict(temperature=POSITIVE, alpha_fgd=WEIGHT, beta_fgd=WEIGHT, gamma_fgd=WEIGHT,
+                  lambda_fgd=WEIGHT, shared_context={"type": "boolean"}),
+    channels=dict(student_channels="preds_S", teacher_channels="preds_T"),
+    models=dict(num_levels="student.neck_levels"),
+)
 
 
 def _boxes_of(item, i: int) -> Tensor:
@@ -177,6 +190,11 @@ class FGDLoss(nn.Module):
             ``5e-6``: the authors' released RetinaNet (RX101 -> R50) and GFL (R101 -> R50)
             configs, which agree.
         shared_context: one context block for both sides. Default ``False`` (as released).
+        num_levels: ``None`` (default): one level, ``preds_S`` / ``preds_T`` are maps. An int
+            ``L``: ``preds_S`` / ``preds_T`` are sequences of ``L`` maps (e.g. the FPN outputs);
+            each level has its own align conv and context blocks (``levels[l]``, an
+            ``FGDLoss`` of one level, as the released code's one loss per level) and the result
+            is the sum over the levels; ``last_*`` are sums too.
         loss_weight: Default ``1.0``.
 
     Shapes:
@@ -194,8 +212,10 @@ class FGDLoss(nn.Module):
     def __init__(self, student_channels: int, teacher_channels: int, temperature: float = 0.5,
                  alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4, gamma_fgd: float = 5e-4,
                  lambda_fgd: float = 5e-6, shared_context: bool = False,
-                 loss_weight: float = 1.0) -> None:
+                 num_levels: int | None = None, loss_weight: float = 1.0) -> None:
         super().__init__()
+        self.num_levels = None if num_levels is None else check_int(_NAME, "num_levels",
+                                                                    num_levels, 1)
         self.student_channels = check_int(_NAME, "student_channels", student_channels, 1)
         self.teacher_channels = check_int(_NAME, "teacher_channels", teacher_channels, 1)
         self.temperature = check_positive(_NAME, "temperature", temperature)
@@ -205,10 +225,18 @@ class FGDLoss(nn.Module):
                 raise ValueError(f"{_NAME}: {arg} must be a number >= 0, got {value!r}")
         self.alpha_fgd, self.beta_fgd = float(alpha_fgd), float(beta_fgd)
         self.gamma_fgd, self.lambda_fgd = float(gamma_fgd), float(lambda_fgd)
-        self.align = (None if student_channels == teacher_channels
-                      else nn.Conv2d(student_channels, teacher_channels, 1))
-        self.context_S = ContextBlock(teacher_channels)
-        self.context_T = None if shared_context else ContextBlock(teacher_channels)
+        self.shared_context = bool(shared_context)
+        self.levels: nn.ModuleList | None = None
+        if self.num_levels is None:
+            self.align = (None if student_channels == teacher_channels
+                          else nn.Conv2d(student_channels, teacher_channels, 1))
+            self.context_S = ContextBlock(teacher_channels)
+            self.context_T = None if shared_context else ContextBlock(teacher_channels)
+        else:
+            self.align = self.context_S = self.context_T = None
+            self.levels = nn.ModuleList(
+                FGDLoss(student_channels, teacher_channels, temperature, alpha_fgd, beta_fgd,
+                        gamma_fgd, lambda_fgd, shared_context) for _ in range(self.num_levels))
         self.loss_weight = float(loss_weight)
         self.last_fg: Tensor | None = None
         self.last_bg: Tensor | None = None
@@ -219,7 +247,8 @@ class FGDLoss(nn.Module):
         return (f"student_channels={self.student_channels}, teacher_channels={self.teacher_channels}, "
                 f"T={self.temperature}, alpha_fgd={self.alpha_fgd}, beta_fgd={self.beta_fgd}, "
                 f"gamma_fgd={self.gamma_fgd}, lambda_fgd={self.lambda_fgd}, "
-                f"shared_context={self.context_T is None}, loss_weight={self.loss_weight}")
+                f"shared_context={self.shared_context}, num_levels={self.num_levels}, "
+                f"loss_weight={self.loss_weight}")
 
     def masks(self, gt_bboxes, img_shapes, size: tuple[int, int], n: int, device, dtype
               ) -> tuple[Tensor, Tensor]:
@@ -237,9 +266,27 @@ class FGDLoss(nn.Module):
             bgs.append(bg)
         return torch.stack(fgs), torch.stack(bgs)
 
-    @float32_math
-    def forward(self, preds_S: Tensor, preds_T: Tensor, gt_bboxes, img_shapes) -> Tensor:
+    def forward(self, preds_S, preds_T, gt_bboxes, img_shapes) -> Tensor:
         """Focal and global distillation terms; see the class doc."""
+        if self.levels is None:
+            return self._level(preds_S, preds_T, gt_bboxes, img_shapes)
+        for what, x in (("preds_S", preds_S), ("preds_T", preds_T)):
+            if isinstance(x, Tensor) or not isinstance(x, Sequence) or len(x) != self.num_levels:
+                got = (tuple(x.shape) if isinstance(x, Tensor) else
+                       f"{len(x)} maps" if isinstance(x, Sequence) else type(x).__name__)
+                raise ValueError(f"{_NAME}: {what} must be a sequence of num_levels = "
+                                 f"{self.num_levels} maps (one per FPN level), got {got}")
+        total, terms = 0.0, [0.0] * 4
+        for level, s, t in zip(self.levels, preds_S, preds_T):
+            total = total + level(s, t, gt_bboxes, img_shapes)
+            for i, v in enumerate((level.last_fg, level.last_bg, level.last_at, level.last_global)):
+                terms[i] = terms[i] + v
+        lw = self.loss_weight
+        self.last_fg, self.last_bg, self.last_at, self.last_global = (lw * v for v in terms)
+        return lw * total
+
+    @float32_math
+    def _level(self, preds_S: Tensor, preds_T: Tensor, gt_bboxes, img_shapes) -> Tensor:
         for what, x, c in (("preds_S", preds_S, self.student_channels),
                            ("preds_T", preds_T, self.teacher_channels)):
             if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():

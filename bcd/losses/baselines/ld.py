@@ -22,8 +22,20 @@ from torch import Tensor, nn
 
 from ._common import check_int, check_positive
 from ..precision import _float32
+from ...methods import Method, POSITIVE, WEIGHT
 
 _NAME = "LDLoss"
+
+#: bcd.methods: params `type: LDLoss`, on the dense head's box-edge distributions (GFL only: the
+#: `box_dists` taps exist only on distribution heads, other detectors are refused) at the
+#: student assigner's positive anchors, weighted by the student's top class score
+METHOD = Method(
+    type="LDLoss",
+    inputs=dict(bbox_S="student.box_dists", bbox_T="teacher.box_dists",
+                mask="student.positives", cls_S="student.head_cls"),
+    settings=dict(temperature=POSITIVE, bin_mean={"type": "boolean"}),
+    models=dict(reg_max="teacher.reg_max", num_anchors="teacher.num_anchors"),
+)
 
 
 def edge_kl(logits_S: Tensor, logits_T: Tensor, temperature: float, bin_mean: bool = False

@@ -6,6 +6,16 @@ torch or OpenMMLab import, nothing else of bcd."""
 #: heads that take a `backbone` key (the others have their own)
 BACKBONE_ARCHS = ("pspnet", "deeplabv3plus")
 
+#: the segmentation heads a model spec can name (params ``models.<name>.arch``; those in
+#: UNAVAILABLE_ARCHS are refused with the reason)
+SEGMENTOR_ARCHS = ("pspnet", "deeplabv3plus", "segformer", "espnet", "mask2former")
+#: the detectors of Table V (mmdet's, on ResNets: bcd.mm.detection); every other arch segments
+DETECTOR_ARCHS = ("gfl", "retinanet", "cascade_mask_rcnn")
+#: detectors that also predict instance masks (mAP^m); the others only boxes
+MASK_ARCHS = ("cascade_mask_rcnn",)
+#: ResNet depths the detectors build with (mmdet's ResNet)
+DETECTOR_DEPTHS = (18, 34, 50, 101, 152)
+
 #: architectures of the paper that this installation cannot build, and why (docs/models.md)
 UNAVAILABLE_ARCHS = {
     "mask2former": (
@@ -17,6 +27,12 @@ UNAVAILABLE_ARCHS = {
 
 #: the backbone of each head that has its own (a key of bcd.mm.configs.BACKBONES)
 OWN_BACKBONE = {"segformer": "mit-b0", "espnet": "espnet"}
+
+
+def task_of(spec) -> str:
+    """``detection`` for a detector's model spec, else ``segmentation`` (a dataset entry's
+    ``task`` says which its data serve)."""
+    return "detection" if spec["arch"] in DETECTOR_ARCHS else "segmentation"
 
 
 def backbone_name(spec) -> str:

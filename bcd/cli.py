@@ -85,7 +85,9 @@ def _evaluate(args) -> None:
     job = P.evaluation_job(P.load_params(args.params), run=args.run, seed=args.seed,
                            teacher=args.teacher)
     out = evaluate(job, recompute=args.recompute)
-    print(f"{out['kind']} {out['name']} seed={out['seed']}: mIoU {out['mIoU']:.2f}")
+    score = (f"mIoU {out['mIoU']:.2f}" if "mIoU" in out else f"box mAP {out['bbox_mAP']:.2f}"
+             + (f", mask mAP {out['segm_mAP']:.2f}" if "segm_mAP" in out else ""))
+    print(f"{out['kind']} {out['name']} seed={out['seed']}: {score}")
 
 
 def _table(args) -> None:

@@ -42,6 +42,43 @@ def complexity(model_cfg: dict, input_shape) -> dict:
     return {"params": int(info["params"]), "flops": float(info["flops"])}
 
 
+def detector_complexity(model_cfg: dict, input_shape) -> dict:
+    """Params and FLOPs of a detector's inference path on one ``(3, H, W)`` image: backbone,
+    FPN and heads in mmdet's tensor mode (Cascade: the RPN's proposals, then every stage's box
+    and mask heads on them), without the final box decoding and NMS, which the counter does
+    not see. The weights are a seeded random initialisation (the RPN's proposal count, and so
+    Cascade's count, depends on them, as it does on the image). Counted on a batch of two
+    copies of the image and halved (every counted operation is per image): with one image a
+    narrow head's GroupNorm (32 groups of one channel) refuses the 1 x 1 top FPN level of a
+    small image."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmengine.analysis import get_model_complexity_info
+    from mmengine.config import ConfigDict
+
+    _, h, w = input_shape
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        detector = MODELS.build(ConfigDict(copy.deepcopy(model_cfg))).eval()
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
+                scale_factor=(1.0, 1.0))
+
+    class TensorPath(torch.nn.Module):  # the counter calls forward(image)
+        def __init__(self):
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, images):
+            samples = [DetDataSample(metainfo=meta) for _ in images]
+            return self.detector(images, samples, mode="tensor")
+
+    images = torch.zeros(2, *input_shape)
+    info = get_model_complexity_info(TensorPath().eval(), inputs=(images,), show_table=False,
+                                     show_arch=False)
+    return {"params": int(info["params"]), "flops": float(info["flops"]) / 2}
+
+
 def quality_settings(evaluation) -> dict:
     """Boundary IoU dilation ratio and trimap widths from the params' ``evaluation`` section."""
     ev = evaluation or {}
@@ -90,11 +127,12 @@ def evaluate(job: P.EvaluationSpec, *, recompute: bool = False) -> dict:
 
 
 #: the headline numbers of ``summary.json`` (what ``dvc metrics show`` lists per evaluation)
-SUMMARY_KEYS = ("mIoU", "mBoundaryIoU", "params", "flops")
+SUMMARY_KEYS = ("mIoU", "mBoundaryIoU", "bbox_mAP", "segm_mAP", "params", "flops")
 
 
 def summary(metrics: dict) -> dict:
-    """A metrics file's headline numbers: mIoU and Boundary IoU (%), parameters and FLOPs."""
+    """A metrics file's headline numbers: mIoU and Boundary IoU (%; detectors: box and mask
+    mAP), parameters and FLOPs."""
     return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
 
 
@@ -137,6 +175,8 @@ def measure(job: P.EvaluationSpec) -> dict:
     evaluation = copy.deepcopy(job.settings["evaluation"])
     root = require_dataset(job.data)
     ckpt = _weights(job)
+    if configs.is_detection(data):
+        return _measure_detector(job, data, model_spec, root, ckpt)
     crop = configs.crop_size(data)
     split, size = configs.eval_split(data), configs.eval_size(data)
     model_cfg = configs.segmentor(model_spec, configs.num_classes(data), crop)
@@ -185,6 +225,68 @@ def measure(job: P.EvaluationSpec) -> dict:
         "train_cost": train_cost(meta),
     }
     return out
+
+
+#: COCO's numbers of metrics.json (percent) per mmdet CocoMetric metric: AP over IoU
+#: 0.50:0.95, at 0.50 and 0.75, and on small, medium and large objects
+COCO_ITEMS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
+
+
+def coco_percent(results: dict, metric: str) -> dict:
+    """``{metric}_{item}`` in percent from mmdet's ``coco/{metric}_{item}`` fractions (rounded
+    by mmdet to 3 decimals). COCO's -1 (no ground truth of that size) becomes None; a model
+    that detects nothing on the split (mmdet then reports no numbers) scores 0."""
+    out = {}
+    for item in COCO_ITEMS:
+        value = results.get(f"coco/{metric}_{item}", 0.0)
+        out[f"{metric}_{item}"] = None if value < 0 else round(100.0 * float(value), 4)
+    return out
+
+
+def _measure_detector(job: P.EvaluationSpec, data: dict, model_spec: dict, root, ckpt) -> dict:
+    """:func:`measure` for a detector: mmdet's COCO metric on the evaluation split through
+    mmengine's test loop (box mAP; mask mAP for models with masks), Params/FLOPs of
+    :func:`detector_complexity` at the evaluation size."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from bcd.mm import configs, detection
+    from bcd.weights import check_state_dict, load_meta, load_weights
+
+    paths, split, size = job.paths, configs.eval_split(data), configs.eval_size(data)
+    masks = detection.has_masks(model_spec)
+    model_cfg = detection.detector(model_spec, configs.num_classes(data))
+    work = Path(paths["dir"]) / "eval_work"
+    test_cfg = dict(
+        default_scope="mmdet", custom_imports=dict(imports=["bcd.mm"], allow_failed_imports=False),
+        model=model_cfg, work_dir=str(work),
+        test_dataloader=dict(batch_size=configs.eval_batch_size(data), num_workers=0,
+                             persistent_workers=False,
+                             sampler=dict(type="DefaultSampler", shuffle=False),
+                             dataset=configs.dataset(data, root, split, train=False)),
+        test_evaluator=configs.evaluator(data, root, split, masks),
+        test_cfg=dict(type="TestLoop"), env_cfg=dict(cudnn_benchmark=False),
+        log_level="WARNING", default_hooks=dict(), custom_hooks=[],
+        visualizer=configs.visualizer(data))
+    t0 = time.time()
+    runner = Runner.from_cfg(Config(test_cfg, format_python_code=False))
+    state = load_weights(ckpt)
+    check_state_dict(runner.model, state, ckpt)
+    runner.model.load_state_dict(state, strict=True)
+    results = runner.test()
+    meta = load_meta(ckpt)
+    scores = coco_percent(results, "bbox")
+    if masks:
+        scores.update(coco_percent(results, "segm"))
+    return {
+        "kind": job.kind, "name": job.name, "seed": job.seed if job.kind == "student" else None,
+        "model": job.model_name, "model_spec": model_spec, "task": "detection", "split": split,
+        **scores,
+        **detector_complexity(model_cfg, (3, *size)), "input_shape": [3, *size],
+        "iters": job.iters, "eval_seconds": round(time.time() - t0, 1),
+        "weights_sha256": file_sha256(ckpt), "provenance": meta.get("provenance"),
+        "kept": meta.get("kept"), "train_cost": train_cost(meta),
+    }
 
 
 #: Keys of the weights' meta that metrics.json carries as ``train_cost``: what

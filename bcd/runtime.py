@@ -62,11 +62,12 @@ def require_teacher(teacher: TeacherCheckpoint) -> Path:
 
 
 def check_teacher(teacher_spec, data, ckpt: Path) -> None:
-    """Refuse a teacher checkpoint that does not fit the teacher architecture, before training."""
-    from mmseg.registry import MODELS
+    """Refuse a teacher checkpoint that does not fit the teacher architecture (a segmentor or
+    a detector), before training."""
+    from mmengine.config import ConfigDict
 
     from bcd.mm import configs
 
-    model = MODELS.build(configs.segmentor(teacher_spec, configs.num_classes(data),
-                                           configs.crop_size(data)))
+    cfg = ConfigDict(configs.model_config(teacher_spec, data))  # mmdet reads attributes
+    model = configs.model_registry(teacher_spec).build(cfg)
     check_state_dict(model, load_weights(ckpt), ckpt)

@@ -53,8 +53,9 @@ def _run(config, label: str | None = None) -> Any:
 def keep_selected(runner, train: Mapping[str, Any]) -> dict:
     """Load the weights ``train.select`` names into ``runner.model``; return what was kept.
 
-    ``last``: the model as training left it. ``best``: the checkpoint of the best val mIoU that
-    mmengine's CheckpointHook wrote in the run's own work folder (``bcd.mm.configs``).
+    ``last``: the model as training left it. ``best``: the checkpoint of the best val mIoU
+    (detectors: COCO box mAP, recorded as ``val_bbox_mAP``) that mmengine's CheckpointHook wrote
+    in the run's own work folder (``bcd.mm.configs``).
     """
     if train.get("select", "last") != "best":
         return {"select": "last", "iter": int(train["iters"])}
@@ -68,8 +69,9 @@ def keep_selected(runner, train: Mapping[str, Any]) -> dict:
             f"not in {runner.work_dir} (a run killed while mmengine replaced it); delete that "
             "folder to train again")
     ckpt = runner.load_checkpoint(path, map_location="cpu")
+    metric = "val_bbox_mAP" if "bbox" in Path(path).name else "val_mIoU"
     return {"select": "best", "iter": int(ckpt["meta"]["iter"]),
-            "val_mIoU": float(hub.get_info("best_score")), "checkpoint": Path(path).name}
+            metric: float(hub.get_info("best_score")), "checkpoint": Path(path).name}
 
 
 def training_cost(runner, t0: float) -> dict:

@@ -127,15 +127,18 @@ def test_without_its_module_the_dataset_is_unknown(tmp_path):
 
 def test_the_registry_holds_the_built_in_datasets_and_the_schema_follows_it():
     assert registry.names() == ("shapes", "camvid", "voc12aug", "cityscapes", "ade20k",
-                                "coco_stuff10k")
+                                "coco_stuff10k", "shapes_coco", "coco2017")
     data = P.schema()["properties"]["data"]
     assert data["properties"]["dataset"]["enum"] == list(registry.names())
     assert {"shapes", "camvid", "root"} <= set(data["properties"])
     required = {tuple(r["if"]["properties"]["dataset"]["enum"]): r["then"]["required"]
                 for r in data["allOf"]}
     assert required == {("shapes",): ["shapes"], ("camvid",): ["camvid"],
-                        ("voc12aug", "cityscapes", "ade20k", "coco_stuff10k"): ["root"]}
-    assert registry.section_keys() == ("shapes", "camvid")
+                        ("voc12aug", "cityscapes", "ade20k", "coco_stuff10k", "coco2017"):
+                            ["root"], ("shapes_coco",): ["shapes_coco"]}
+    assert registry.section_keys() == ("shapes", "camvid", "shapes_coco")
+    tasks = {name: entry.task for name, entry in registry.entries().items()}
+    assert {n for n, t in tasks.items() if t == "detection"} == {"shapes_coco", "coco2017"}
     for name, entry in registry.entries().items():
         assert isinstance(entry, DatasetEntry) and entry.name == name
         assert registry.dataset_entry({"dataset": name}) is entry
@@ -150,7 +153,7 @@ def test_settings_of_keeps_the_chosen_dataset_and_refuses_keys_it_does_not_read(
     assert registry.key_errors(data) == []  # another dataset's section is kept, not read
     assert registry.key_errors({**data, "root": "r"}) == [
         (("root",), "dataset camvid does not read data.root (only voc12aug, cityscapes, "
-                    "ade20k, coco_stuff10k do); remove it")]
+                    "ade20k, coco_stuff10k, coco2017 do); remove it")]
 
 
 def test_a_name_registered_twice_is_refused(monkeypatch):

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+#: what a dataset's data serve (DatasetEntry.task)
+TASKS = ("segmentation", "detection")
+
 #: the data-section keys every dataset has (the schema's ``data`` lists them)
 COMMON_KEYS = ("dataset", "height", "width")
 
@@ -33,12 +36,15 @@ class DatasetEntry:
     ``prepare(data, folder)``: the data stage (``folder`` = its output folder); returns the
     dataset's folder. ``require(data, folder, make)``: before training/evaluation, the dataset's
     folder or a FileNotFoundError (``make``: how to run the data stage, for messages).
-    ``dataset(data, root, split, train)``: the mmseg dataset config of one split (a plain dict).
+    ``dataset(data, root, split, train)``: the mmseg dataset config of one split (a plain dict;
+    for ``task`` detection mmdet's ``CocoDataset``, with the split's ``ann_file``).
     ``eval_split(data)``: the split the tables report. ``param_errors(data)``: checks the
     schema cannot express, as ``(key path inside the section, message)``. ``eval_size(data)``:
     ``(H, W)`` of the evaluated images (None: the crop). ``classes``/``palette`` None: those of
     ``mmseg_type`` (mmseg's own dataset classes). ``crop_is_image_size``: the data stage reads
-    ``height``/``width`` (the generated shapes).
+    ``height``/``width`` (the generated shapes). ``task``: ``segmentation`` (label maps, mmseg)
+    or ``detection`` (COCO-format instances, mmdet; :data:`bcd.archs.DETECTOR_ARCHS` train on
+    these and only these).
     """
 
     name: str
@@ -57,5 +63,6 @@ class DatasetEntry:
     eval_size: Callable[[Data], tuple[int, int]] | None = None
     eval_batch_size: int = 8  # 1 where image sizes vary (mmseg stacks a test batch unpadded)
     crop_is_image_size: bool = False
+    task: str = "segmentation"
 
 

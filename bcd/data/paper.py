@@ -264,9 +264,10 @@ def facts(name: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 #: JSON schema of ``data.root``, the key the paper's datasets read (bcd.data.registry)
 SETTINGS = {"root": {"type": "string", "minLength": 1, "description": (
-    "the paper's datasets (bcd.data.paper, docs/datasets.md): the folder mmseg's configs call "
-    "data_root (VOCdevkit/VOC2012, cityscapes, ADEChallengeData2016, coco_stuff10k), relative "
-    "to the repository root or absolute; checked by the data stage, never written")}}
+    "the paper's datasets (bcd.data.paper, bcd.data.coco, docs/datasets.md): the folder "
+    "mmseg's/mmdet's configs call data_root (VOCdevkit/VOC2012, cityscapes, "
+    "ADEChallengeData2016, coco_stuff10k, coco), relative to the repository root or absolute; "
+    "checked by the data stage, never written")}}
 
 
 def pipeline(ds: PaperDataset, data, train: bool) -> list[dict]:

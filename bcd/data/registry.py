@@ -43,7 +43,8 @@ def _discover() -> dict[str, DatasetEntry]:
 
 def entries() -> dict[str, DatasetEntry]:
     """Every registered dataset by name (built-ins: ``shapes``, ``camvid`` and the paper's
-    ``voc12aug``, ``cityscapes``, ``ade20k``, ``coco_stuff10k``)."""
+    ``voc12aug``, ``cityscapes``, ``ade20k``, ``coco_stuff10k``; for detection
+    ``shapes_coco`` and ``coco2017``, :mod:`bcd.data.coco`)."""
     global _ENTRIES
     if _ENTRIES is None:
         _ENTRIES = _discover()

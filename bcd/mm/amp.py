@@ -39,10 +39,26 @@ class AutocastOptimWrapper(OptimWrapper):
             yield
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def optimizer_config(train: Mapping[str, Any]) -> dict:
+    """The optimizer of a role's ``train`` settings: ``optimizer: sgd`` (default; lr, momentum,
+    weight_decay) or ``adamw`` (lr, weight_decay, ``betas`` default (0.9, 0.999))."""
+    kind = train.get("optimizer", "sgd")
+    if kind == "sgd":
+        return dict(type="SGD", lr=train["lr"], momentum=train["momentum"],
+                    weight_decay=train["weight_decay"])
+    if kind == "adamw":
+        return dict(type="AdamW", lr=train["lr"], weight_decay=train["weight_decay"],
+                    betas=tuple(float(b) for b in train.get("betas", (0.9, 0.999))))
+    raise ValueError(f"train optimizer: unknown {kind!r} (known: {', '.join(OPTIMIZERS)})")
+
+
 def optim_wrapper(train: Mapping[str, Any]) -> dict:
-    """The ``optim_wrapper`` config of a role's ``train`` settings (SGD, its ``amp`` mode)."""
-    optimizer = dict(type="SGD", lr=train["lr"], momentum=train["momentum"],
-                     weight_decay=train["weight_decay"])
+    """The ``optim_wrapper`` config of a role's ``train`` settings (:func:`optimizer_config`, its
+    ``amp`` mode)."""
+    optimizer = optimizer_config(train)
     mode = train.get("amp", "none")
     if mode == "none":
         return dict(type="OptimWrapper", optimizer=optimizer)

@@ -15,6 +15,7 @@ from mmengine.config import Config
 
 from bcd import methods as catalog
 from bcd.archs import BACKBONE_ARCHS, OWN_BACKBONE, UNAVAILABLE_ARCHS, backbone_name, describe
+from bcd.data.coco import ann_file as coco_ann_file
 from bcd.data.entry import crop_size
 from bcd.data.registry import dataset_entry
 from bcd.mm import detection, distributed
@@ -296,6 +297,24 @@ def segmentor(spec: Mapping[str, Any], num_classes: int, crop_size, norm: str = 
     return dict(model, train_cfg=dict(), test_cfg=dict(mode="whole"))
 
 
+def model_config(spec: Mapping[str, Any], data: Mapping[str, Any]) -> dict:
+    """The model of a spec on a dataset: an mmseg segmentor (:func:`segmentor`, the training
+    crop) or an mmdet detector (:func:`bcd.mm.detection.detector`)."""
+    if detection.is_detector(spec):
+        return detection.detector(spec, num_classes(data))
+    return segmentor(spec, num_classes(data), crop_size(data))
+
+
+def model_registry(spec: Mapping[str, Any]):
+    """The registry that builds :func:`model_config` of ``spec`` (mmdet's or mmseg's MODELS)."""
+    if detection.is_detector(spec):
+        detection.require_mmdet()
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    return MODELS
+
+
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
@@ -331,6 +350,27 @@ def eval_batch_size(data: Mapping[str, Any]) -> int:
 
 def num_classes(data: Mapping[str, Any]) -> int:
     return dataset_entry(data).num_classes
+
+
+def is_detection(data: Mapping[str, Any]) -> bool:
+    """The dataset holds COCO-format instances (its entry's task): detectors train on it."""
+    return dataset_entry(data).task == "detection"
+
+
+def evaluator(data: Mapping[str, Any], root, split: str, masks: bool = False) -> dict:
+    """The metric of one split: mmseg's IoU (``mIoU``), or on a detection dataset mmdet's COCO
+    metric on the split's annotation file (``coco/bbox_mAP``; with ``masks``, the mask model's
+    ``coco/segm_mAP`` too)."""
+    if not is_detection(data):
+        return dict(type="mmseg.PerClassIoUMetric", iou_metrics=["mIoU"])
+    return dict(type="mmdet.CocoMetric",
+                ann_file=coco_ann_file(dataset(data, root, split, train=False)),
+                metric=["bbox", "segm"] if masks else ["bbox"], format_only=False)
+
+
+def visualizer(data: Mapping[str, Any]) -> dict:
+    kind = "mmdet.DetLocalVisualizer" if is_detection(data) else "mmseg.SegLocalVisualizer"
+    return dict(type=kind, vis_backends=[dict(type="LocalVisBackend")], name="visualizer")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -608,10 +648,32 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
 # ----------------------------------------------------------------------------------------------
 # Whole runs
 # ----------------------------------------------------------------------------------------------
+def param_scheduler(train: Mapping[str, Any]) -> list[dict]:
+    """The learning-rate schedule of a role's ``train`` settings (``schedule``): ``poly``
+    (default; power 0.9 down to 1e-4, Sec. V-B) or ``step``, mmdet's 1x schedule scaled to
+    ``iters``: a linear warm-up from 0.001 x lr over min(500, iters / 10) iterations, then
+    x 0.1 at 8/12 and at 11/12 of ``iters`` (epochs 8 and 11 of 12)."""
+    iters, kind = int(train["iters"]), train.get("schedule", "poly")
+    if kind == "poly":
+        return [dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=iters,
+                     by_epoch=False)]
+    if kind != "step":
+        raise ValueError(f"train schedule: unknown {kind!r} (known: poly, step)")
+    warm = min(500, iters // 10)
+    steps = [dict(type="MultiStepLR", by_epoch=False, begin=0, end=iters, gamma=0.1,
+                  milestones=[round(iters * 8 / 12), round(iters * 11 / 12)])]
+    if warm:
+        steps.insert(0, dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
+                             end=warm))
+    return steps
+
+
 def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Mapping[str, Any],
                   work_dir, seed: int, log_file, scope: str, extra_hooks=(),
-                  resume: bool = False, launcher: str = "none") -> Config:
-    """A complete mmengine Runner config: SGD + poly LR (Sec. V-B), IoU on the val split.
+                  resume: bool = False, launcher: str = "none", masks: bool = False) -> Config:
+    """A complete mmengine Runner config: the optimizer and schedule of ``train`` (default SGD +
+    poly LR, Sec. V-B), the val split's metric (:func:`evaluator`: IoU, or COCO's box mAP and,
+    with ``masks``, mask mAP on a detection dataset).
 
     ``launcher='pytorch'``: one process per GPU (or CPU share) started by torchrun
     (:mod:`bcd.mm.distributed`); ``train['batch_size']`` is per process, as in mmseg.
@@ -631,14 +693,13 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         val_dataloader=dict(batch_size=eval_batch_size(data), **loader,
                             sampler=dict(type="DefaultSampler", shuffle=False),
                             dataset=dataset(data, data_root, "val", train=False)),
-        val_evaluator=dict(type="mmseg.PerClassIoUMetric", iou_metrics=["mIoU"]),
+        val_evaluator=evaluator(data, data_root, "val", masks),
         # bcd.mm.resume: mmengine's loop + RNG states in checkpoints = exact resume after a kill
         train_cfg=dict(type="ResumableIterBasedTrainLoop", max_iters=iters,
                        val_interval=val_interval),
         val_cfg=dict(type="ValLoop"),
         optim_wrapper=optim_wrapper(train),  # bcd.mm.amp: train.<role>.amp
-        param_scheduler=[dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=iters,
-                              by_epoch=False)],
+        param_scheduler=param_scheduler(train),  # train.<role>.schedule
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=max(1, min(50, iters // 4)),
@@ -647,7 +708,7 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
             # keep 2: mmengine deletes the oldest checkpoint *before* writing the next one, so
             # a kill during that write must still find the previous one complete.
             checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=ckpt_interval,
-                            max_keep_ckpts=2, save_last=True, **_select_best(train)),
+                            max_keep_ckpts=2, save_last=True, **_select_best(train, data)),
             sampler_seed=dict(type="DistSamplerSeedHook")),
         # bcd.mm.distill: every run of a seed starts training from the same random stream
         custom_hooks=[dict(type="NonFiniteLossHook"), dict(type="RNGStateHook"),
@@ -661,8 +722,7 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
         log_level="WARNING",
         log_processor=dict(by_epoch=False),
         vis_backends=[dict(type="LocalVisBackend")],
-        visualizer=dict(type="mmseg.SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")],
-                        name="visualizer"),
+        visualizer=visualizer(data),
     )
     if launcher != "none":
         _distributed(cfg, launcher)
@@ -670,10 +730,18 @@ def runner_config(*, model: dict, data: Mapping[str, Any], data_root, train: Map
     return Config(cfg, format_python_code=False)
 
 
-def _select_best(train: Mapping[str, Any]) -> dict:
+def select_key(data: Mapping[str, Any]) -> str:
+    """The val metric ``train.select: best`` keys on: mIoU, or a detector's COCO box mAP."""
+    return "coco/bbox_mAP" if is_detection(data) else "mIoU"
+
+
+def _select_best(train: Mapping[str, Any], data: Mapping[str, Any]) -> dict:
     """``train.select: best``: mmengine's CheckpointHook keeps the checkpoint of the best val
-    mIoU (``best_mIoU_iter_<N>.pth``); :func:`bcd.train.keep_selected` loads it at the end."""
-    return dict(save_best="mIoU", rule="greater") if train.get("select") == "best" else {}
+    mIoU (``best_mIoU_iter_<N>.pth``; detectors: box mAP); :func:`bcd.train.keep_selected`
+    loads it at the end."""
+    if train.get("select") != "best":
+        return {}
+    return dict(save_best=select_key(data), rule="greater")
 
 
 def _distributed(cfg: dict, launcher: str) -> None:
@@ -692,31 +760,40 @@ def _distributed(cfg: dict, launcher: str) -> None:
         cfg["custom_hooks"].append(dict(type="SyncNormBuffersHook"))
 
 
+def _scope(spec: Mapping[str, Any]) -> str:
+    """The default scope of a plain (undistilled) run of a model spec."""
+    return "mmdet" if detection.is_detector(spec) else "mmseg"
+
+
 def teacher_config(*, spec, data, data_root, train, work_dir, seed, log_file,
                    resume: bool = False, launcher: str = "none") -> Config:
-    model = segmentor(spec, num_classes(data), crop_size(data))
-    return runner_config(model=model, data=data, data_root=data_root, train=train,
-                         work_dir=work_dir, seed=seed, log_file=log_file, scope="mmseg",
-                         resume=resume, launcher=launcher)
+    return runner_config(model=model_config(spec, data), data=data, data_root=data_root,
+                         train=train, work_dir=work_dir, seed=seed, log_file=log_file,
+                         scope=_scope(spec), resume=resume, launcher=launcher,
+                         masks=detection.has_masks(spec))
 
 
 def distill_config(*, student_spec, teacher_spec, teacher_ckpt, methods, decay_schedule: bool,
                    data, data_root, train, work_dir, seed, log_file,
                    resume: bool = False, launcher: str = "none") -> Config:
-    """Student run: plain mmseg training when ``methods`` is empty, else mmrazor distillation."""
+    """Student run: plain mmseg (detectors: mmdet) training when ``methods`` is empty, else
+    mmrazor distillation."""
     nc, crop = num_classes(data), crop_size(data)
-    student = segmentor(student_spec, nc, crop)
+    student = model_config(student_spec, data)
+    masks = detection.has_masks(student_spec)
     if not methods:
         return runner_config(model=student, data=data, data_root=data_root, train=train,
-                             work_dir=work_dir, seed=seed, log_file=log_file, scope="mmseg",
-                             resume=resume, launcher=launcher)
-    teacher = segmentor(teacher_spec, nc, crop)
+                             work_dir=work_dir, seed=seed, log_file=log_file,
+                             scope=_scope(student_spec), resume=resume, launcher=launcher,
+                             masks=masks)
+    teacher = model_config(teacher_spec, data)
     model = dict(
         _scope_="mmrazor",
         # mmrazor's SingleTeacherDistill with the teacher entirely in eval mode and the student
         # initialised as in the plain run of the same seed (bcd.mm.distill)
         type="PairedTeacherDistill",
-        data_preprocessor=data_preprocessor(crop),
+        data_preprocessor=(detection.data_preprocessor(masks)
+                           if detection.is_detector(student_spec) else data_preprocessor(crop)),
         architecture=student,
         teacher=teacher,
         teacher_ckpt=str(teacher_ckpt),
@@ -729,4 +806,4 @@ def distill_config(*, student_spec, teacher_spec, teacher_ckpt, methods, decay_s
         hooks.append(dict(type="DistillLossDecayHook", loss_names=decayed))
     return runner_config(model=model, data=data, data_root=data_root, train=train,
                          work_dir=work_dir, seed=seed, log_file=log_file, scope="mmrazor",
-                         extra_hooks=hooks, resume=resume, launcher=launcher)
+                         extra_hooks=hooks, resume=resume, launcher=launcher, masks=masks)

@@ -18,14 +18,16 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from bcd.archs import DETECTOR_ARCHS, MASK_ARCHS  # noqa: F401  (the arch names live there)
+
 #: arch -> mmdet's config of the baseline model (the R50 1x COCO schedule)
 CONFIGS = {
     "gfl": "gfl/gfl_r50_fpn_1x_coco.py",
     "retinanet": "retinanet/retinanet_r50_fpn_1x_coco.py",
     "cascade_mask_rcnn": "cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py",
 }
-#: archs that predict instance masks (mAP^m); the others only boxes
-MASK_ARCHS = ("cascade_mask_rcnn",)
+if tuple(CONFIGS) != DETECTOR_ARCHS:
+    raise RuntimeError("bcd.archs.DETECTOR_ARCHS and bcd.mm.detection.CONFIGS name other archs")
 #: the method of the detector whose inputs carry the batch's data samples (ground truth)
 LOSS_METHODS = {
     "gfl": "mmdet.models.detectors.single_stage.SingleStageDetector.loss",

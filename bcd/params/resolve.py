@@ -6,8 +6,9 @@ from __future__ import annotations
 import copy
 from typing import Iterable
 
+from bcd.archs import task_of
 from bcd.data.registry import settings_of
-from bcd.params.load import ParamsError, files_of, known_names
+from bcd.params.load import ParamsError, deep_merge, files_of, known_names
 
 
 def lookup(cfg, section: str, name: str) -> dict:
@@ -133,16 +134,35 @@ def figures_spec(cfg) -> dict | None:
     return spec if spec["student"] and spec["distilled"] else None
 
 
+def train_settings(cfg, role: str, model: dict) -> dict:
+    """``train.<role>`` for a model: for a detector with ``train.detection.<role>`` deep-merged
+    over it (Table V's own optimisation), else as it is."""
+    train = copy.deepcopy(cfg["train"][role])
+    override = (cfg["train"].get("detection") or {}).get(role)
+    if override and task_of(model) == "detection":
+        train = deep_merge(train, copy.deepcopy(override))
+    return train
+
+
+def train_keys(cfg, role: str, model: dict) -> list[str]:
+    """Key paths of :func:`train_settings` (a stage's DVC ``params``)."""
+    keys = [f"train.{role}"]
+    if (cfg["train"].get("detection") or {}).get(role) and task_of(model) == "detection":
+        keys.append(f"train.detection.{role}")
+    return keys
+
+
 def resolve_teacher(cfg, name: str) -> dict:
     """A teacher, fully resolved: ``name, model_name, model`` (the model spec), ``seed``,
     ``train`` (train.teacher) and ``data``. Keys: :func:`param_keys_for_teacher`."""
     spec = lookup(cfg, "teachers", name)
+    model = lookup(cfg, "models", spec["model"])
     return {
         "name": name,
         "model_name": spec["model"],
-        "model": copy.deepcopy(lookup(cfg, "models", spec["model"])),
+        "model": copy.deepcopy(model),
         "seed": spec["seed"],
-        "train": copy.deepcopy(cfg["train"]["teacher"]),
+        "train": train_settings(cfg, "teacher", model),
         "data": data_spec(cfg, spec.get("dataset")),
     }
 
@@ -167,7 +187,7 @@ def resolve_run(cfg, run: str) -> dict:
         "teacher": teacher,
         "methods": {m: copy.deepcopy(lookup(cfg, "methods", m)) for m in spec.get("distill", [])},
         "weight_decay_schedule": bool(spec.get("weight_decay_schedule", False)),
-        "train": copy.deepcopy(cfg["train"]["student"]),
+        "train": train_settings(cfg, "student", lookup(cfg, "models", spec["student"])),
         "data": data_spec(cfg, spec.get("dataset")),
     }
 
@@ -204,13 +224,15 @@ def unique(keys: Iterable[str]) -> list[str]:
 
 def param_keys_for_teacher(cfg, name: str) -> list[str]:
     spec = lookup(cfg, "teachers", name)
-    return unique([f"teachers.{name}", f"models.{spec['model']}", "train.teacher",
-                    *data_keys(cfg, spec.get("dataset"))])
+    return unique([f"teachers.{name}", f"models.{spec['model']}",
+                   *train_keys(cfg, "teacher", lookup(cfg, "models", spec["model"])),
+                   *data_keys(cfg, spec.get("dataset"))])
 
 
 def param_keys_for_run(cfg, run: str) -> list[str]:
     spec = lookup(cfg, "runs", run)
-    keys = [f"runs.{run}", f"models.{spec['student']}", "train.student",
+    keys = [f"runs.{run}", f"models.{spec['student']}",
+            *train_keys(cfg, "student", lookup(cfg, "models", spec["student"])),
             *data_keys(cfg, spec.get("dataset"))]
     if spec.get("teacher") is not None:
         keys += param_keys_for_teacher(cfg, spec["teacher"])

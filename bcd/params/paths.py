@@ -8,10 +8,12 @@ from bcd.params.resolve import figures_dataset, figures_spec, table_groups
 
 
 def data_dir(cfg, dataset: str | None = None) -> Path:
-    """The data stage's folder: ``paths.data`` for the top-level ``data``, ``{paths.data}/<key>``
-    for ``datasets.<key>``."""
+    """The data stage's folder: ``paths.data`` for the top-level ``data``, ``{paths.datasets}/<key>``
+    (``paths.datasets`` defaults to ``paths.data``) for ``datasets.<key>``."""
     root = Path(cfg["paths"]["data"])
-    return root if dataset is None else root / str(dataset)
+    if dataset is None:
+        return root
+    return Path(cfg["paths"].get("datasets") or root) / str(dataset)
 
 
 def _stage_files(folder: Path) -> dict:

@@ -19,6 +19,7 @@ from bcd.archs import (BACKBONE_ARCHS, DETECTOR_ARCHS, DETECTOR_DEPTHS, MASK_ARC
                        SEGMENTOR_ARCHS, UNAVAILABLE_ARCHS, describe, task_of)
 from bcd.data.registry import data_schema, dataset_entry, key_errors
 from bcd.params.load import ParamsError, deep_merge, known_names, read_params_file
+from bcd.params.paths import data_dir
 from bcd.params.resolve import (GROUP_KEYS, datasets_used, draws_boundary, runs_used,
                                 table_groups, teachers_used)
 from bcd.reference import paper_reference_errors
@@ -409,18 +410,26 @@ def _data_section_errors(data, where: tuple) -> list[tuple[tuple, str]]:
 
 
 def _data_folder_errors(cfg) -> list[tuple[tuple, str]]:
-    """The top-level data stage writes ``paths.data``, the others ``{paths.data}/<key>``: both
-    at once would nest one stage's output in another's (refused by DVC and Snakemake)."""
+    """The top-level data stage writes ``paths.data``, the others ``{paths.datasets}/<key>``
+    (default ``{paths.data}/<key>``): both used with nested folders would nest one stage's
+    output in another's (refused by DVC and Snakemake)."""
     used = datasets_used(cfg)
     if None not in used or len(used) == 1:
+        return []
+    top = data_dir(cfg).resolve()
+    nested = [k for k in used if k is not None and (
+        top == data_dir(cfg, k).resolve() or top in data_dir(cfg, k).resolve().parents
+        or data_dir(cfg, k).resolve() in top.parents)]
+    if not nested:
         return []
     users = [f"runs.{r}" for r in runs_used(cfg) if cfg["runs"][r].get("dataset") is None]
     users += [f"teachers.{t}" for t in teachers_used(cfg)
               if cfg["teachers"][t].get("dataset") is None]
     return [(("datasets",), f"the top-level data (its folder paths.data) and datasets "
-                            f"{', '.join(k for k in used if k is not None)} (folders "
+                            f"{', '.join(nested)} (folders {{paths.datasets}}/<key>, default "
                             "{paths.data}/<key>) are both used: one data stage's folder would "
-                            f"hold the others'; give {', '.join(users[:4])}"
+                            "hold the others'; set paths.datasets to a folder outside "
+                            f"paths.data, give {', '.join(users[:4])}"
                             f"{' ...' if len(users) > 4 else ''} a `dataset:` key, or move the "
                             "top-level data into datasets")]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from bcd.params.load import files_of
 from bcd.params.paths import data_dir, table_paths
 from bcd.params.resolve import (data_section, datasets_used, figures_spec, table_dataset,
-                                teachers_used)
+                                table_rows, teachers_used)
 from bcd.params.stages import stages
 from bcd.params.validate import load_params
 
@@ -35,7 +35,7 @@ def main_check(args) -> None:
               if spec.get("distill") else "")
         print(f"  run {run}: {spec['student']}{kd}{on(spec.get('dataset'))}")
     for name, table in cfg["tables"].items():
-        print(f"  table {name}: {len(table['rows'])} rows{on(table_dataset(cfg, name))} -> "
+        print(f"  table {name}: {len(table_rows(table))} rows{on(table_dataset(cfg, name))} -> "
               f"{table_paths(cfg, name)['csv']}")
     fig = figures_spec(cfg)
     if fig is not None:

@@ -2,6 +2,7 @@
 (:mod:`bcd.params`) and the model configs (:mod:`bcd.mm.configs`): which heads take a backbone,
 each other head's own backbone, the one short name of a model in messages. Plain Python: no
 torch or OpenMMLab import, nothing else of bcd."""
+import importlib.util
 
 #: heads that take a `backbone` key (the others have their own)
 BACKBONE_ARCHS = ("pspnet", "deeplabv3plus")
@@ -16,13 +17,14 @@ MASK_ARCHS = ("cascade_mask_rcnn",)
 #: ResNet depths the detectors build with (mmdet's ResNet)
 DETECTOR_DEPTHS = (18, 34, 50, 101, 152)
 
-#: architectures of the paper that this installation cannot build, and why (docs/models.md)
-UNAVAILABLE_ARCHS = {
+#: architectures of the paper that this installation cannot build, and why (docs/models.md):
+#: Mask2Former's head is MMDetection's (mmseg binds it when mmdet is importable)
+UNAVAILABLE_ARCHS = {} if importlib.util.find_spec("mmdet") is not None else {
     "mask2former": (
-        "Mask2Former (the paper's ADE20K teacher) cannot be built here: mmseg 1.2.2's "
-        "Mask2FormerHead needs mmdet (MMDetection), which is not installed in this environment. "
-        "Use a PSPNet-R101 teacher (arch: pspnet, depth: 101) or install mmdet 3.x yourself "
-        "(not part of this project's tested stack)"),
+        "Mask2Former (the paper's ADE20K teacher) needs mmdet (MMDetection), which is not "
+        "installed: mmseg 1.2.2's Mask2FormerHead is mmdet's. Install it with "
+        "`pip install mmdet==3.3.0` (tools/requirements.txt pins it), or use a PSPNet-R101 "
+        "teacher (arch: pspnet, depth: 101)"),
 }
 
 #: the backbone of each head that has its own (a key of bcd.mm.configs.BACKBONES)

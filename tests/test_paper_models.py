@@ -3,8 +3,8 @@
 Every student builds at 64x64 with reduced widths, runs forward + backward, and predicts
 num_classes channels at the input size; the per-arch tap table matches the built modules; one
 mmrazor step with BD + CD (and one with every comparison method that applies) from a small
-PSPNet-R101 teacher reaches the student only; offline pretrained weights, Mask2Former and
-misplaced spec keys fail with messages that name the cause.
+PSPNet-R101 teacher reaches the student only; offline pretrained weights and misplaced spec
+keys fail with messages that name the cause (Mask2Former: tests/test_mask2former.py).
 """
 from __future__ import annotations
 
@@ -228,19 +228,8 @@ def test_pretrained_local_file_loads_weights_only(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Mask2Former and the params checks
+# The params checks
 # ------------------------------------------------------------------------------------------------
-def test_mask2former_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(ValueError, match="needs mmdet.*not installed"):
-        configs.segmentor(dict(arch="mask2former"), NUM_CLASSES, (SIZE, SIZE))
-    overlay = tmp_path / "m2f.yaml"
-    overlay.write_text(yaml.safe_dump({"models": {"m2f": {"arch": "mask2former"}}}))
-    with pytest.raises(P.ParamsError) as info:
-        P.load_params([ROOT / "params/default.yaml", overlay])
-    assert (str(overlay), "models.m2f.arch") in {(f, k) for f, k, _ in info.value.errors}
-    assert "needs mmdet" in str(info.value) and "not installed" in str(info.value)
-
-
 def test_params_accept_every_paper_arch(tmp_path):
     models = {f"s-{i}": spec for i, spec in enumerate(STUDENTS.values())}
     models["pspnet-r38-paper"] = dict(arch="pspnet", depth=38, base_channels=64,

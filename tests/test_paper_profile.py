@@ -87,11 +87,13 @@ def test_every_paper_run_config_and_distiller_builds(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # 2. Two iterations per dataset on tiny folders in the exact layouts
 # ----------------------------------------------------------------------------------------------
-#: one distillation run per student architecture of each dataset (the +BCD run)
+#: one distillation run per student architecture of each dataset (the +BCD run), and one per
+#: teacher architecture
 SMOKE = {
     "voc12aug": ["r18-bcd", "voc-r38-bcd", "voc-effb1-bcd", "voc-segformer-bcd"],
     "cityscapes": ["cs-r18-bcd", "cs-r38-bcd", "cs-effb1-bcd", "cs-segformer-bcd"],
-    "ade20k": ["ade-r18-bcd", "ade-espnet-bcd", "ade-mbv2-bcd", "ade-segformer-bcd"],
+    "ade20k": ["ade-r18-bcd", "ade-espnet-bcd", "ade-mbv2-bcd", "ade-segformer-bcd",
+               "ade-segformer-m2f-bcd"],  # and the Mask2Former teacher
     "coco_stuff10k": ["dlv3p-r18-bcd", "coco-mbv2-bcd", "coco-segformer-bcd"],
 }
 NARROW = {"espnet": 4, "pspnet-r18-half": 4}  # base_channels of the smoke overlay (else 8)

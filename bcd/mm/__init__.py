@@ -16,7 +16,7 @@ registers bcd's modules so that any mmrazor/mmseg config can name them:
 - mmengine ``OPTIM_WRAPPERS``: ``AutocastOptimWrapper`` (bf16 autocast, :mod:`bcd.mm.amp`);
 - mmseg ``DATASETS``: ``BCDShapesDataset``; mmseg ``METRICS``: ``PerClassIoUMetric``;
 - mmseg ``MODELS``: ``ResNetV1c38``, ``EfficientNetB1``, ``EfficientNetLite``, ``ESPNetC``,
-  ``ESPNetHead``, ``WeightedCrossEntropyLoss`` (:mod:`bcd.mm.models`).
+  ``ESPNetHead``, ``TensorMask2FormerHead``, ``WeightedCrossEntropyLoss`` (:mod:`bcd.mm.models`).
 
 In a user's own config: ``custom_imports = dict(imports=['bcd.mm'], allow_failed_imports=False)``.
 """

@@ -18,7 +18,7 @@ from bcd.archs import BACKBONE_ARCHS, OWN_BACKBONE, UNAVAILABLE_ARCHS, backbone_
 from bcd.data.coco import ann_file as coco_ann_file
 from bcd.data.entry import crop_size
 from bcd.data.registry import dataset_entry
-from bcd.mm import detection, distributed
+from bcd.mm import detection, distributed, mask2former
 from bcd.mm.amp import optim_wrapper
 
 FUSED_CHANNELS = catalog.CONNECTOR_DEFAULTS["fused_channels"]  # Sec. IV-A: 256
@@ -33,7 +33,7 @@ FUSED_CHANNELS = catalog.CONNECTOR_DEFAULTS["fused_channels"]  # Sec. IV-A: 256
 # from the tables below, not from checks scattered over the code.
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 _RESNET_EXPANSION = {18: 1, 34: 1, 38: 4, 50: 4, 101: 4, 152: 4}
-ARCHS = ("pspnet", "deeplabv3plus", "segformer", "espnet")  # buildable here
+ARCHS = ("pspnet", "deeplabv3plus", "segformer", "espnet", "mask2former")  # buildable here
 
 
 def _divisible(value: float, multiple: int = 8) -> int:
@@ -138,10 +138,10 @@ class Taps:
 
     levels: list[int]  # channels of the backbone's outputs (recorder on `backbone`)
     first_stride: int  # stride of levels[0]
-    head_channels: int  # channels of the classifier's input (recorder on `classifier`)
-    logits_stride: int  # stride of the classifier's output
+    head_channels: int | None  # channels of the classifier's input (recorder on `classifier`)
+    logits_stride: int | None  # stride of the classifier's output
     backbone: str = "backbone"
-    classifier: str = "decode_head.conv_seg"
+    classifier: str | None = "decode_head.conv_seg"  # None: no per-pixel classifier
 
 
 def check_spec(spec: Mapping[str, Any]) -> None:
@@ -152,6 +152,10 @@ def check_spec(spec: Mapping[str, Any]) -> None:
         raise ValueError(UNAVAILABLE_ARCHS[arch])
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
+    if arch == "mask2former":  # mmseg's own config (bcd.mm.mask2former)
+        if "backbone" in spec:
+            raise ValueError("mask2former has its own backbone (mmseg's ResNet); drop `backbone`")
+        return mask2former.check_spec(spec)
     name = backbone_name(spec)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r} (known for {arch}: "
@@ -184,6 +188,9 @@ def taps(spec: Mapping[str, Any], num_classes: int | None = None) -> Taps:
     if detection.is_detector(spec):
         return detection.taps(spec)
     check_spec(spec)
+    if spec["arch"] == "mask2former":  # no per-pixel classifier: logits from the mask head
+        return Taps(levels=mask2former.levels(spec), first_stride=4, head_channels=None,
+                    logits_stride=mask2former.LOGITS_STRIDE, classifier=mask2former.HEAD_FORWARD)
     bb = BACKBONES[backbone_name(spec)]
     if spec["arch"] == "segformer":
         head = 8 * spec.get("base_channels", 32)  # mmseg's mit-b0: 256
@@ -276,12 +283,15 @@ def segmentor(spec: Mapping[str, Any], num_classes: int, crop_size, norm: str = 
 
     PSPNet or DeepLabV3+ on a dilated backbone (output stride 8: ResNetV1c as in mmseg's
     ``pspnet_r*-d8`` / ``deeplabv3plus_r*-d8``, MobileNetV2 as in ``mobilenet-v2-d8_*``, or
-    EfficientNet-B1), SegFormer-B0 (mmseg's ``segformer_mit-b0``) or ESPNet. ``base_channels``
+    EfficientNet-B1), SegFormer-B0 (mmseg's ``segformer_mit-b0``), ESPNet, or Mask2Former
+    (mmseg's own config, :mod:`bcd.mm.mask2former`). ``base_channels``
     is the width knob (ResNet: 64 = the paper's width 1.0, 32 = 0.5; others: the first layer's
     width, default the paper model's). ``pretrained`` (a URL or a local file) becomes the
     backbone's ``init_cfg``.
     """
     check_spec(spec)
+    if spec["arch"] == "mask2former":
+        return mask2former.segmentor(spec, num_classes, data_preprocessor(crop_size), norm)
     norm_cfg = dict(type=norm, requires_grad=True)
     bb = BACKBONES[backbone_name(spec)]
     backbone = bb.config(spec, norm_cfg)
@@ -528,7 +538,17 @@ def _check_applies(name: str, ltype: str, inputs: Mapping[str, str], student_spe
                     f"distils box-edge distributions, and the {role}'s {model.dense_head} "
                     "regresses box deltas (no distribution head; LD applies to GFL, "
                     "docs/baselines.md 'LD')")
-            if what in ("logits", "head") and model.head_channels is None:
+            if model_spec.get("arch") == "mask2former" and (
+                    what == "head" or (what == "logits" and role == "student")):
+                gives = ("its backbone levels (BD, CD, SSTKD) and, as a teacher, its logits "
+                         "(KD, BPKD, BD's teacher: prediction)")
+                raise ValueError(
+                    f"method {name!r} ({ltype}) reads the {role}'s segmentation {what}, but the "
+                    f"{role} {describe(model_spec)} is a Mask2Former: masks with class scores, "
+                    "no per-pixel classifier (decode_head.conv_seg) to tap; a Mask2Former "
+                    f"gives {gives}")
+            if (what in ("logits", "head") and model.head_channels is None
+                    and model_spec.get("arch") != "mask2former"):
                 raise ValueError(
                     f"method {name!r} ({ltype}) reads the {role}'s segmentation {what}, but the "
                     f"{role} {describe(model_spec)} is a detector (no decode head); on detectors "
@@ -586,6 +606,9 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
             settings.setdefault(key, value)
         losses[f"loss_{name}"] = dict(type=ltype, **settings)
         mappings[f"loss_{name}"] = {arg: copy.deepcopy(TAPS[tap]) for arg, tap in inputs.items()}
+        for arg, tap in inputs.items():  # a Mask2Former's logits: from its mask classifier
+            if tap == "teacher.logits" and teacher_spec.get("arch") == "mask2former":
+                mappings[f"loss_{name}"][arg]["connector"] = "t_m2f_logits"
         used.update(inputs.values())
     s_rec, t_rec, connectors = {}, {}, {}
 
@@ -607,6 +630,11 @@ def distiller(methods: Mapping[str, Mapping[str, Any]], student_spec, teacher_sp
                                     target_stride_of_first=t_taps.first_stride)
     if used & {"student.logits", "teacher.logits"}:
         record("logits", "ModuleOutputs", "classifier")
+    if "teacher.logits" in used and teacher_spec.get("arch") == "mask2former":
+        # the head's forward output (its method: mode="tensor" calls decode_head.forward, which
+        # module hooks do not see), turned into per-pixel logits
+        t_rec["logits"] = dict(type="MethodOutputs", source=t_taps.classifier)
+        connectors["t_m2f_logits"] = dict(type="Mask2FormerSegLogits")
     if used & {"student.head", "teacher.head"}:
         record("head", "ModuleInputs", "classifier")
     if used & {"student.neck", "teacher.neck", "student.head_held", "teacher.head_held",

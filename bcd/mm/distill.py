@@ -81,7 +81,12 @@ class PairedTeacherDistill(SingleTeacherDistill):
             # mmrazor runs a frozen teacher with mode="loss" only for its recorders; its losses
             # are discarded. The "tensor" forward runs the same modules the recorders tap
             # (backbone, decode head) without the auxiliary head, the resized logits' CE and
-            # the accuracy: same recorded values, less work.
+            # the accuracy: same recorded values, less work. When every teacher recorder taps
+            # the backbone (BD/CD alone), the teacher runs extract_feat only: its decode head
+            # (a Mask2Former's pixel and transformer decoders) would compute nothing recorded.
+            sources = [r.source for r in self.distiller.teacher_recorders.recorders.values()]
+            self._teacher_backbone_only = bool(sources) and all(
+                src == "backbone" or src.startswith("backbone.") for src in sources)
             self.teacher.loss = self._teacher_forward
 
     def init_weights(self) -> None:
@@ -107,7 +112,10 @@ class PairedTeacherDistill(SingleTeacherDistill):
         return self
 
     def _teacher_forward(self, inputs, data_samples=None) -> dict:
-        self.teacher(inputs, data_samples, mode="tensor")
+        if self._teacher_backbone_only:
+            self.teacher.extract_feat(inputs)
+        else:
+            self.teacher(inputs, data_samples, mode="tensor")
         return {}
 
     def loss(self, batch_inputs, data_samples=None):

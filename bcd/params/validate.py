@@ -325,6 +325,7 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
         out += _table_dataset_errors(cfg, name)
     if "figures" in cfg:
         out += _figures_errors(cfg)
+    out += _teacher_tap_errors(cfg)
     if not out:
         out += _data_folder_errors(cfg)
     return out
@@ -453,9 +454,16 @@ def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
                             f"{describe(spec)} has none (drop it)")
            for key in DETECTOR_KEYS if key in spec]
     backbone = spec.get("backbone", "resnet") if arch in BACKBONE_ARCHS else None
+    if arch == "mask2former":
+        backbone = "resnet"  # mmseg's ResNet of its Mask2Former configs
+        out += _mask2former_errors(where, spec)
     if "backbone" in spec and arch not in BACKBONE_ARCHS:
-        out.append((where + ("backbone",), f"{arch} has its own backbone ({OWN_BACKBONE[arch]}); "
+        own = OWN_BACKBONE.get(arch, "resnet")
+        out.append((where + ("backbone",), f"{arch} has its own backbone ({own}); "
                                            f"`backbone` applies to {', '.join(BACKBONE_ARCHS)}"))
+    for key in MASK2FORMER_KEYS:
+        if key in spec and arch != "mask2former":
+            out.append((where + (key,), f"{key} applies to mask2former, not {arch}"))
     if "depth" in spec and backbone != "resnet":
         out.append((where + ("depth",), f"depth is a ResNet setting; {describe(spec)} has "
                                         "none (drop it)"))
@@ -551,6 +559,53 @@ def _train_errors(cfg) -> list[tuple[tuple, str]]:
         if "betas" in role and {**base, **role}.get("optimizer", "sgd") != "adamw":
             out.append((where + ("betas",), "betas are AdamW's; set optimizer: adamw or drop "
                                             "them"))
+    return out
+
+
+#: the model keys of a Mask2Former only (bcd.mm.mask2former)
+MASK2FORMER_KEYS = ("num_queries", "decoder_layers")
+#: mmseg's ResNet depths (no 38: that is bcd's ResNetV1c38); head width 4 x base_channels in
+#: GroupNorm's 32 groups
+MASK2FORMER_DEPTHS, MASK2FORMER_BASE_MULTIPLE = (18, 34, 50, 101, 152), 8
+
+
+def _mask2former_errors(where: tuple, spec) -> list[tuple[tuple, str]]:
+    out = []
+    if spec.get("depth", 50) not in MASK2FORMER_DEPTHS:
+        out.append((where + ("depth",), f"mask2former's ResNet (mmseg's) has depths "
+                                        f"{', '.join(map(str, MASK2FORMER_DEPTHS))}, not "
+                                        f"{spec['depth']}"))
+    if spec.get("base_channels", 0) % MASK2FORMER_BASE_MULTIPLE:
+        out.append((where + ("base_channels",),
+                    f"mask2former needs base_channels a multiple of {MASK2FORMER_BASE_MULTIPLE} "
+                    "(its head is 4 x base_channels wide, in GroupNorm's 32 groups)"))
+    if "class_weight" in spec:
+        out.append((where + ("class_weight",), "class_weight weighs a per-pixel cross-entropy; "
+                                               "mask2former classifies masks (drop it)"))
+    return out
+
+
+def _teacher_tap_errors(cfg) -> list[tuple[tuple, str]]:
+    """Distillation methods that read what a run's teacher does not have: a Mask2Former has no
+    per-pixel classifier, so no decode-head features (its logits come from its mask classifier,
+    bcd.mm.mask2former)."""
+    out = []
+    declared = catalog.declared()
+    for name, spec in cfg["runs"].items():
+        teacher = cfg["teachers"].get(spec.get("teacher"))
+        model = cfg["models"].get((teacher or {}).get("model"))
+        if not model or model.get("arch") != "mask2former":
+            continue
+        for i, method in enumerate(spec.get("distill", [])):
+            entry = cfg["methods"].get(method, {})
+            decl = declared.get(entry.get("type"))
+            if decl is not None and "teacher.head" in decl.inputs_for(
+                    decl.loss_args(entry)).values():
+                out.append((("runs", name, "distill", i),
+                            f"method {method!r} ({entry['type']}) reads the teacher's decode-head "
+                            f"features, but teacher {spec['teacher']!r} is a Mask2Former (no "
+                            "per-pixel classifier, no such features); distil from it with methods "
+                            "on its backbone levels or logits (BD, CD, SSTKD, KD, BPKD)"))
     return out
 
 

@@ -34,14 +34,22 @@ def paper_rows(table: Mapping[str, Any], method: str, student: str | None = None
     """Reference rows of ``table['paper_table']`` for ``method`` and ``metric`` (default: the
     paper table's :func:`primary_metric`), narrowed by the table's ``paper_dataset`` /
     ``paper_teacher`` and by ``student`` (a row's ``paper_student``). ``table``: a table in the
-    one-teacher form, or one teacher group of it (``bcd.params.table_groups``)."""
+    one-teacher form, or one teacher group of it (``bcd.params.table_groups``).
+
+    A student trained alone has no teacher: the paper prints it once per dataset, and the CSV
+    files it under that dataset's first teacher (Table II, ADE20K: under PSPNet-101, not again
+    under Mask2Former). So ``student`` rows found under no row of ``paper_teacher`` are looked
+    up under any teacher of the dataset."""
     if not table.get("paper_table"):
         return []
     want = {"table": table["paper_table"], "method": method,
             "metric": metric or primary_metric(table["paper_table"]),
             "dataset": table.get("paper_dataset"), "teacher": table.get("paper_teacher"),
             "student": student}
-    return [r for r in rows() if all(v is None or r[k] == v for k, v in want.items())]
+    found = [r for r in rows() if all(v is None or r[k] == v for k, v in want.items())]
+    if not found and method == "student" and want["teacher"] is not None:
+        return paper_rows({**table, "paper_teacher": None}, method, student, metric)
+    return found
 
 
 def paper_reference_errors(table: Mapping[str, Any],

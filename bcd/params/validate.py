@@ -326,6 +326,7 @@ def _semantic_errors(cfg) -> list[tuple[tuple, str]]:
     if "figures" in cfg:
         out += _figures_errors(cfg)
     out += _teacher_tap_errors(cfg)
+    out += _task_tap_errors(cfg)
     if not out:
         out += _data_folder_errors(cfg)
     return out
@@ -606,6 +607,53 @@ def _teacher_tap_errors(cfg) -> list[tuple[tuple, str]]:
                             f"features, but teacher {spec['teacher']!r} is a Mask2Former (no "
                             "per-pixel classifier, no such features); distil from it with methods "
                             "on its backbone levels or logits (BD, CD, SSTKD, KD, BPKD)"))
+    return out
+
+
+#: what a tap reads, by the task of the model it comes from: segmentation-only (a decode head),
+#: detection-only (an FPN, a dense head, instances); the rest (fused levels, labels) both
+SEGMENTATION_TAPS = ("logits", "head")
+DETECTION_TAPS = ("neck", "head_cls", "head_reg", "box_dists", "positives", "num_positives",
+                  "head_held", "head_tail", "box_decoder", "gt_boxes", "img_metas")
+
+
+def _task_tap_errors(cfg) -> list[tuple[tuple, str]]:
+    """Distillation methods that read what a run's student or teacher cannot give: decode-head
+    logits or features from a detector, FPN/dense-head/instance taps from a segmentor (the
+    distiller refuses them too, bcd.mm.configs; here before any work, naming the key)."""
+    out = []
+    declared = catalog.declared()
+    for name, spec in cfg["runs"].items():
+        teacher = cfg["teachers"].get(spec.get("teacher")) or {}
+        models = {"student": cfg["models"].get(spec.get("student")),
+                  "teacher": cfg["models"].get(teacher.get("model"))}
+        if any(m is None or "arch" not in m for m in models.values()):
+            continue
+        tasks = {role: task_of(m) for role, m in models.items()}
+        for i, method in enumerate(spec.get("distill", [])):
+            entry = cfg["methods"].get(method, {})
+            decl = declared.get(entry.get("type"))
+            if decl is None:
+                continue
+            for tap in decl.inputs_for(decl.loss_args(entry)).values():
+                role, _, what = (tap or "").rpartition(".")
+                roles = [role] if role in tasks else list(tasks)
+                for r in roles:
+                    bad = ((tasks[r] == "detection" and what in SEGMENTATION_TAPS)
+                           or (tasks[r] == "segmentation" and what in DETECTION_TAPS))
+                    if bad and tasks[r] == "detection":
+                        out.append((("runs", name, "distill", i),
+                                    f"method {method!r} ({entry['type']}) reads {tap}, which a "
+                                    f"detector ({r} {models[r]['arch']}) does not have (no "
+                                    "decode head); BCD's BD on detectors reads the labels: "
+                                    "`teacher: probe` (docs/method.md, \"BCD on detectors\")"))
+                    elif bad:
+                        out.append((("runs", name, "distill", i),
+                                    f"method {method!r} ({entry['type']}) reads {tap}, which a "
+                                    f"segmentor ({r} {models[r]['arch']}) does not have (it "
+                                    "applies to detectors)"))
+                    if bad:
+                        break
     return out
 
 

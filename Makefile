@@ -29,12 +29,18 @@ reproduce-all: reproduce  # the former name
 reproduce-ablation: env
 	$(SMK_RECOVER) ablation --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)  # target first: --configfile takes several files
 
+# On TEST_WORKERS pytest-xdist workers, one test file per worker at a time (a module fixture, such
+# as a workflow run, is set up once), the slowest files first (tests/conftest.py).
+# TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: env
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) --durations=25
 
 # The inner loop: the tests not marked slow (tests/conftest.py, tests/slow_tests.txt)
 test-fast: env
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=10
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow" --durations=10
 
 dry-run: env
 	$(VENV)/bin/snakemake -n --cores $(CORES) $(if $(PROFILE),--configfile $(PROFILE),)

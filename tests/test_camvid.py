@@ -12,7 +12,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -26,6 +25,7 @@ from bcd import params as P
 from bcd.data import camvid
 
 from camvid_folders import make_camvid, make_segnet  # noqa: E402  (tests/camvid_folders.py)
+from project_copy import BCD, PACKAGE, copy_project, run  # noqa: E402  (tests/project_copy.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT, CAMVID = ROOT / "params/default.yaml", ROOT / "params/camvid.yaml"
@@ -195,14 +195,10 @@ def test_download_failure_says_what_to_do_offline(tmp_path, server, where):
 
 def _data_stage(project: Path, camvid_overlay: dict) -> subprocess.CompletedProcess:
     """``python -m bcd data`` on the CamVid profile in a copy of the project (bcd/, params/)."""
-    for name in ("bcd", "params"):
-        if not (project / name).exists():
-            shutil.copytree(ROOT / name, project / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_project(project, [name for name in PACKAGE if not (project / name).exists()])
     (project / "overlay.yaml").write_text(yaml.safe_dump({"data": {"camvid": camvid_overlay}}))
-    return subprocess.run([sys.executable, "-m", "bcd", "data", "--params", "params/default.yaml",
-                           "--params", "params/camvid.yaml", "--params", "overlay.yaml"],
-                          cwd=project, capture_output=True, text=True)
+    return run([*BCD, "data", "--params", "params/default.yaml", "--params", "params/camvid.yaml",
+                "--params", "overlay.yaml"], cwd=project, check=False)
 
 
 def test_download_failure_through_the_data_stage_is_a_clear_error(tmp_path):

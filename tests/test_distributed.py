@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +23,8 @@ import pytest
 import yaml
 
 pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
+
+from project_copy import MICRO, PACKAGE, copy_project, run as _run_checked  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NPROC = 2
@@ -120,27 +120,19 @@ def _free_port() -> int:
 
 
 def _run(args, cwd, env, timeout=300):
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n" \
-                                 f"{proc.stderr[-5000:]}"
-    return proc
+    return _run_checked(args, cwd, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    for name in ("bcd", "params"):
-        shutil.copytree(ROOT / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    root = copy_project(tmp_path_factory.mktemp("dist"), PACKAGE)
     (root / "params/dist.yaml").write_text(yaml.safe_dump(OVERLAY))
     (root / "launch.py").write_text(LAUNCH)
     out = root / "record"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1",
            "BCD_TEST_OUT": str(out)}
-    params = ["--params", "params/default.yaml", "--params", "params/micro.yaml",
-              "--params", "params/dist.yaml"]
+    params = [*MICRO, "--params", "params/dist.yaml"]
     _run([sys.executable, "-m", "bcd", "data", *params], root, env)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
                 "--nproc_per_node", str(NPROC), "--master_addr", "127.0.0.1"]

@@ -17,12 +17,11 @@ import yaml
 
 pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
 
-from project_copy import copy_project  # noqa: E402  (tests/project_copy.py)
+from project_copy import MICRO, copy_project  # noqa: E402  (tests/project_copy.py)
 from project_copy import run as _run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-MICRO = ["--params", "params/default.yaml", "--params", "params/micro.yaml"]
 
 
 @pytest.fixture(scope="module")

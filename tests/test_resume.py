@@ -1,11 +1,16 @@
 """A training run killed part-way resumes from its last checkpoint and ends exactly where an
-uninterrupted run ends (same weights, same log), through mmengine's resume (bcd.mm.resume)."""
+uninterrupted run ends (same weights, same log), through mmengine's resume (bcd.mm.resume).
+
+The jobs that run to their end go through a warm-start server (bcd.warm; the same weights as a
+fresh process, tests/test_warm.py), which saves each the ~6 s of importing the stack: the project
+copy holds only params/, so its ``python -m bcd`` is the server's package. The runs that are
+killed, and the thread-count test (which is about the process's environment), run on their own.
+"""
 import json
 import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,32 +20,53 @@ import yaml
 
 pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
 
+from project_copy import BCD, MICRO, run  # noqa: E402  (tests/project_copy.py)
+
+from bcd import warm  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "BCD_THREADS": "1", "PYTHONHASHSEED": "0"}
+ENV = {**{k: v for k, v in os.environ.items() if k != warm.SOCKET_ENV},
+       "BCD_THREADS": "1", "PYTHONHASHSEED": "0"}
+WARM_ENV = dict(ENV)  # + the server's socket, once it listens (the ``project`` fixture)
 
 
 def _bcd(project, *args, check=True, wait=True, overlays=()):
-    cmd = [sys.executable, "-m", "bcd", *args, "--params", "params/default.yaml",
-           "--params", "params/micro.yaml", "--params", "params/resume.yaml"]
+    cmd = [*BCD, *args, *MICRO, "--params", "params/resume.yaml"]
     cmd += [a for o in overlays for a in ("--params", o)]
-    if not wait:
+    if not wait:  # killed part-way: a process of its own, killed at once
         return subprocess.Popen(cmd, cwd=project, env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-    proc = subprocess.run(cmd, cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed:\n{proc.stderr[-3000:]}")
-    return proc
+    return run(cmd, project, timeout=600, check=check, env=WARM_ENV)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    shutil.copytree(ROOT / "params", root / "params")
+def warm_server(tmp_path_factory):
+    """A warm-start server for this module's jobs (started with the jobs' environment)."""
+    folder = tmp_path_factory.mktemp("warm")
+    sock, log = folder / "s.sock", open(folder / "server.log", "w")
+    proc = subprocess.Popen([*BCD, "serve", "--socket", str(sock), "--parent", str(os.getpid())],
+                            cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    yield sock, folder / "server.log"
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def project(project_copy, warm_server):
+    sock, log = warm_server
+    root = project_copy(("params",), "resume")
     overlay = {"paths": {"data": "data", "runs": "runs", "results": "results"},
                "train": {"student": {"iters": 12, "val_interval": 12, "checkpoint_interval": 3}}}
     (root / "params/resume.yaml").write_text(yaml.safe_dump(overlay))
-    _bcd(root, "data")
+    _bcd(root, "data")  # meanwhile the server imports the stack
+    deadline = time.time() + 300
+    while not sock.exists():
+        assert time.time() < deadline, log.read_text()
+        time.sleep(0.2)
+    WARM_ENV[warm.SOCKET_ENV] = str(sock)
     _bcd(root, "teacher", "--teacher", "pspnet-r101")
+    assert "warm-start: teacher" in log.read_text(), log.read_text()  # it went through it
     return root
 
 
@@ -164,12 +190,9 @@ def test_the_thread_count_comes_from_the_params_whatever_the_environment(project
         env["OMP_NUM_THREADS"] = omp
         overlay = project / f"params/seed{i}.yaml"
         overlay.write_text(yaml.safe_dump({"paths": {"runs": f"runs/t{i}"}}))
-        cmd = [sys.executable, "-m", "bcd", "train", "--run", "r18", "--seed", "0", "--quiet",
-               "--params", "params/default.yaml", "--params", "params/micro.yaml",
+        cmd = [*BCD, "train", "--run", "r18", "--seed", "0", "--quiet", *MICRO,
                "--params", "params/resume.yaml", "--params", str(overlay)]
-        proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        run(cmd, project, timeout=600, env=env)
         saved = torch.load(project / f"runs/t{i}/r18/seed0/model.pth", weights_only=True)
         assert saved["meta"]["provenance"]["threads"] == 1       # resources.train.threads
         weights.append(saved["state_dict"])

@@ -15,18 +15,15 @@ import torch
 
 pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools/setup_env.sh")
 
-from project_copy import copy_project  # noqa: E402  (tests/project_copy.py)
+from project_copy import BCD, MICRO, PACKAGE, copy_project  # noqa: E402  (tests/project_copy.py)
 from project_copy import run as _run  # noqa: E402
 
 from bcd import warm  # noqa: E402
 
-MICRO = ["--params", "params/default.yaml", "--params", "params/micro.yaml"]
-BCD = [sys.executable, "-m", "bcd"]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("warm"), names=("bcd", "params"))
+    root = copy_project(tmp_path_factory.mktemp("warm"), PACKAGE)
     env = {k: v for k, v in os.environ.items() if k != warm.SOCKET_ENV}
     _run(BCD + ["data", *MICRO], cwd=root, env=env)
     _run(BCD + ["teacher", *MICRO, "--teacher", "pspnet-r101"], cwd=root, env=env)
@@ -143,7 +140,7 @@ def test_socket_paths_fit_af_unix_and_differ_per_key():
 
 def test_a_job_of_another_checkout_runs_its_own_code(server, tmp_path):
     root, sock, env, _ = server
-    other = copy_project(tmp_path / "other", names=("bcd", "params"))
+    other = copy_project(tmp_path / "other", PACKAGE)
     out = _run(BCD + ["check-params", *MICRO], cwd=other, env={**env, warm.SOCKET_ENV: sock})
     assert "not the warm-start server's: running in a fresh process" in out.stderr
 

@@ -9,10 +9,8 @@ job count Snakemake prints, so a format change fails loudly instead of comparing
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,19 +20,16 @@ import yaml
 
 from bcd import codedeps, dvcfile
 from bcd import params as P
+from project_copy import BIN, WORKFLOW, run, tool_env  # tests/project_copy.py
 
 pytest.importorskip("snakemake", reason="snakemake is installed by tools/setup_env.sh")
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+ENV = tool_env()
 
 
 def _run(args, cwd=ROOT, check=True, timeout=300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
-    if check:
-        assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
+    return run(args, cwd=cwd, check=check, timeout=timeout, env=ENV)
 
 
 def _snakemake(*args, cwd=ROOT, check=True):
@@ -278,15 +273,11 @@ def change_bd_weight(root: Path) -> None:
 
 
 @pytest.fixture
-def sandbox(tmp_path):
+def sandbox(project_copy):
     """A copy of the workflow whose `python -m bcd` writes outputs without training."""
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    for name in ("workflow", "params", "bcd"):
-        shutil.copytree(ROOT / name, tmp_path / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (tmp_path / "bcd" / "__main__.py").write_text(FAKE_MAIN)
-    return tmp_path
+    root = project_copy((*WORKFLOW, "dvc.yaml", ".dvcignore"), "sandbox")
+    (root / "bcd" / "__main__.py").write_text(FAKE_MAIN)
+    return root
 
 
 def dvc_project(sandbox, micro_dvc_yaml=True) -> str:

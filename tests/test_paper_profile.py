@@ -44,13 +44,17 @@ def _num_classes(cfg, model: str) -> int:
 @pytest.mark.parametrize("model", list(PAPER["models"]))
 def test_every_paper_model_builds_at_paper_width(model):
     from mmengine.config import Config
-    from mmseg.registry import MODELS
+
+    from bcd.mm import detection
 
     spec = PAPER["models"][model]
-    cfg = Config(configs.segmentor(spec, _num_classes(PAPER, model), (512, 512)))
+    if detection.is_detector(spec):  # Table V: at MS-COCO's 80 classes
+        cfg = Config(detection.detector(spec, 80))
+    else:
+        cfg = Config(configs.segmentor(spec, _num_classes(PAPER, model), (512, 512)))
     if spec.get("pretrained"):  # kept in the config (loaded by init_weights, not by building)
         assert cfg.backbone.init_cfg.checkpoint == spec["pretrained"]
-    net = MODELS.build(cfg)
+    net = configs.model_registry(spec).build(cfg)
     millions = sum(p.numel() for p in net.parameters()) / 1e6
     assert millions > (20 if spec.get("depth") in (38, 101) else 0.2), (model, millions)
 
@@ -69,7 +73,10 @@ def test_every_paper_run_config_and_distiller_builds(tmp_path):
             decay_schedule=spec["weight_decay_schedule"], data=spec["data"],
             data_root=tmp_path, train=spec["train"], work_dir=tmp_path / run, seed=0,
             log_file=tmp_path / run / "log.json")
-        assert isinstance(config, Config) and config.train_cfg.max_iters == 40000
+        # Table V's detectors: MS-COCO's 1x schedule (train.detection)
+        iters = 177432 if "arch" in spec["student"]["model"] and spec["student"]["model"][
+            "arch"] in ("gfl", "retinanet", "cascade_mask_rcnn") else 40000
+        assert isinstance(config, Config) and config.train_cfg.max_iters == iters
         if not spec["methods"]:
             continue
         methods = copy.deepcopy(spec["methods"])
@@ -121,7 +128,8 @@ def _smoke_overlay(tmp_path: Path, roots: dict) -> Path:
         "models": {name: {"pretrained": None, "base_channels": NARROW.get(name, 8)}
                    for name in PAPER["models"]},
         "train": {"teacher": train, "student": train},
-        "methods": {"bd": {"fused_channels": 16}, "cd": {"fused_channels": 16}},
+        "methods": {"bd": {"fused_channels": 16}, "cd": {"fused_channels": 16},
+                    "bd-det": {"fused_channels": 16}},
     }
     path = tmp_path / "smoke.yaml"
     path.write_text(yaml.safe_dump(overlay, sort_keys=False))

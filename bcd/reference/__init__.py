@@ -38,8 +38,9 @@ def paper_rows(table: Mapping[str, Any], method: str, student: str | None = None
 
     A student trained alone has no teacher: the paper prints it once per dataset, and the CSV
     files it under that dataset's first teacher (Table II, ADE20K: under PSPNet-101, not again
-    under Mask2Former). So ``student`` rows found under no row of ``paper_teacher`` are looked
-    up under any teacher of the dataset."""
+    under Mask2Former). So ``student`` rows of a named ``student`` found under no row of
+    ``paper_teacher`` are looked up under any teacher of the dataset (without a named student
+    that would match other pairs' students: Table V's RetinaNet has no student row)."""
     if not table.get("paper_table"):
         return []
     want = {"table": table["paper_table"], "method": method,
@@ -47,7 +48,7 @@ def paper_rows(table: Mapping[str, Any], method: str, student: str | None = None
             "dataset": table.get("paper_dataset"), "teacher": table.get("paper_teacher"),
             "student": student}
     found = [r for r in rows() if all(v is None or r[k] == v for k, v in want.items())]
-    if not found and method == "student" and want["teacher"] is not None:
+    if not found and method == "student" and want["teacher"] is not None and student:
         return paper_rows({**table, "paper_teacher": None}, method, student, metric)
     return found
 

@@ -18,7 +18,7 @@ import torch
 _LOW = (torch.float16, torch.bfloat16)
 
 
-def _float32(x):
+def as_float32(x):
     """Half-precision tensors to float32; float32 and float64 (gradchecks) as they are."""
     return x.float() if isinstance(x, torch.Tensor) and x.dtype in _LOW else x
 
@@ -27,8 +27,8 @@ def float32_math(forward):
     """Decorate a loss's ``forward(self, *tensors, ...)`` to compute in float32, autocast off."""
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
-        args = tuple(_float32(a) for a in args)
-        kwargs = {k: _float32(v) for k, v in kwargs.items()}
+        args = tuple(as_float32(a) for a in args)
+        kwargs = {k: as_float32(v) for k, v in kwargs.items()}
         device = next((a.device.type for a in (*args, *kwargs.values())
                        if isinstance(a, torch.Tensor)), "cpu")
         with torch.autocast(device_type=device, enabled=False):

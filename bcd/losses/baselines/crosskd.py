@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ._common import check_int, check_positive
-from ..precision import _float32
+from ..precision import as_float32
 from ...methods import Method, POSITIVE, WEIGHT
 
 _NAME = "CrossKDLoss"
@@ -176,9 +176,9 @@ class CrossKDLoss(nn.Module):
                 if s.shape != t.shape:
                     raise ValueError(f"{_NAME}: level {level}: student map {tuple(s.shape)} and "
                                      f"teacher map {tuple(t.shape)} differ (align needs one shape)")
-            parts_S = [align_to_teacher(_float32(s), _float32(t)) for s, t in zip(parts_S, parts_T)]
+            parts_S = [align_to_teacher(as_float32(s), as_float32(t)) for s, t in zip(parts_S, parts_T)]
         else:
-            parts_S = [_float32(s) for s in parts_S]
+            parts_S = [as_float32(s) for s in parts_S]
         x = tuple(parts_S) if isinstance(feats_S, (list, tuple)) else parts_S[0]
         frozen = {name: p.detach() for name, p in head.named_parameters()}
         out = functional_call(head, frozen, (x, level))
@@ -208,7 +208,7 @@ class CrossKDLoss(nn.Module):
                 ct, rt = cls_T[lvl], reg_T[lvl]
                 _check_map(f"teacher_cls[{lvl}]", ct)
                 _check_map(f"teacher_reg[{lvl}]", rt, ct.shape[0])
-                ct, rt = _float32(ct.detach()), _float32(rt.detach())
+                ct, rt = as_float32(ct.detach()), as_float32(rt.detach())
                 n, c, h, w = ct.shape
                 if c % A:
                     raise ValueError(f"{_NAME}: teacher_cls[{lvl}] has {c} channels, not a multiple "
@@ -224,7 +224,7 @@ class CrossKDLoss(nn.Module):
                         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
                         raise ValueError(f"{_NAME}: level {lvl}: cross-head {what} {shape} does not "
                                          f"match the teacher's {tuple(t.shape)}")
-                cls_X, reg_X = _float32(cls_X), _float32(reg_X)
+                cls_X, reg_X = as_float32(cls_X), as_float32(reg_X)
                 k = c // A
                 q = ct.permute(0, 2, 3, 1).reshape(-1, k)           # (M, K), M = N H W A
                 p = cls_X.permute(0, 2, 3, 1).reshape(-1, k)
@@ -256,7 +256,7 @@ class CrossKDLoss(nn.Module):
                             got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
                             raise ValueError(f"{_NAME}: level {lvl}: decode gave {what} boxes {got}, "
                                              f"expected N H W A x 4 = {4 * q.shape[0]} values")
-                    g = giou(_float32(boxes_x).reshape(-1, 4), _float32(boxes_t).reshape(-1, 4))
+                    g = giou(as_float32(boxes_x).reshape(-1, 4), as_float32(boxes_t).reshape(-1, 4))
                     box_sum = box_sum + (weight * (1.0 - g)).sum()
             z = count if avg_factor is None else avg_factor
             if not isinstance(z, Tensor):

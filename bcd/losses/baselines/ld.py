@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import check_int, check_positive
-from ..precision import _float32
+from ..precision import as_float32
 from ...methods import Method, POSITIVE, WEIGHT
 
 _NAME = "LDLoss"
@@ -170,8 +170,8 @@ class LDLoss(nn.Module):
             for lvl in range(n_levels):
                 self._check_reg("bbox_S", reg_S[lvl], lvl)
                 self._check_reg("bbox_T", reg_T[lvl], lvl, like=reg_S[lvl])
-                s = _float32(reg_S[lvl])
-                t = _float32(reg_T[lvl].detach()).to(s.dtype)
+                s = as_float32(reg_S[lvl])
+                t = as_float32(reg_T[lvl].detach()).to(s.dtype)
                 n, _, h, w = s.shape
                 M = n * h * w * A
                 kl = edge_kl(s.permute(0, 2, 3, 1).reshape(M, 4, bins),
@@ -187,7 +187,7 @@ class LDLoss(nn.Module):
                         got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
                         raise ValueError(f"{_NAME}: cls_S[{lvl}] must be (N, A K, H, W) = "
                                          f"({n}, {A} x K, {h}, {w}), got {got}")
-                    c = _float32(c.detach()).to(s.dtype)
+                    c = as_float32(c.detach()).to(s.dtype)
                     m = m * c.permute(0, 2, 3, 1).reshape(M, -1).max(1).values.sigmoid()
                 main_sum = main_sum + (m * kl).sum()
                 if vlrs[lvl] is not None:

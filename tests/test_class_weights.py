@@ -57,7 +57,8 @@ def test_class_weight_reaches_both_heads_losses():
     assert cfg["decode_head"]["loss_decode"]["class_weight"] == [0.5, 2.0, 1.0]
     assert cfg["auxiliary_head"]["loss_decode"]["class_weight"] == [0.5, 2.0, 1.0]
     # PyTorch's weighted mean over non-void pixels, by hand: sum w_y CE / sum w_y
-    loss = MODELS.build(cfg["decode_head"]["loss_decode"])
+    # `_scope_`: an earlier test's Runner may have left another default scope (mmdet's)
+    loss = MODELS.build(dict(cfg["decode_head"]["loss_decode"], _scope_="mmseg"))
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
     labels = torch.randint(0, 3, (2, 4, 4))
@@ -68,7 +69,7 @@ def test_class_weight_reaches_both_heads_losses():
                                                         rel=1e-5)
     loss(logits, labels).backward()
     assert torch.isfinite(logits.grad).all()
-    aux = MODELS.build(cfg["auxiliary_head"]["loss_decode"])
+    aux = MODELS.build(dict(cfg["auxiliary_head"]["loss_decode"], _scope_="mmseg"))
     assert aux(logits, labels).item() == pytest.approx(0.4 * loss(logits, labels).item(), rel=1e-5)
     assert loss(logits, torch.full_like(labels, 255)).item() == 0.0   # an all-void crop
     with pytest.raises(ValueError, match="class_weight of pspnet / resnet-18 has 3 entries but "

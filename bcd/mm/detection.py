@@ -160,7 +160,7 @@ def _proposals(m: dict, spec: Mapping[str, Any]) -> None:
 def detector(spec: Mapping[str, Any], num_classes: int) -> dict:
     """An mmdet detector config for a params model spec (``arch``: gfl, retinanet or
     cascade_mask_rcnn; ``depth``; ``base_channels``; optional ``neck_channels``,
-    ``proposals``, ``pretrained``).
+    ``proposals``, ``anchor_scale``, ``pretrained``).
 
     Without ImageNet weights (``pretrained`` unset: training from scratch, as everywhere in the
     embedded profile) no stage is frozen and BatchNorm trains (``frozen_stages=-1``,
@@ -191,6 +191,12 @@ def detector(spec: Mapping[str, Any], num_classes: int) -> dict:
         roi["mask_head"].update(num_classes=num_classes, in_channels=width,
                                 conv_out_channels=width)
         _proposals(m, spec)
+    if spec.get("anchor_scale"):  # the anchors' base size in strides (small images, objects)
+        scale = int(spec["anchor_scale"])
+        if arch in ("gfl", "retinanet"):
+            m["bbox_head"]["anchor_generator"]["octave_base_scale"] = scale
+        else:
+            m["rpn_head"]["anchor_generator"]["scales"] = [scale]
     m["data_preprocessor"] = data_preprocessor(with_masks=has_masks(spec))
     m["_scope_"] = "mmdet"
     return m

@@ -490,7 +490,7 @@ def _model_errors(name: str, spec) -> list[tuple[tuple, str]]:
 
 
 #: model-spec keys only the detectors read (fc_channels and proposals: Cascade Mask R-CNN's)
-DETECTOR_KEYS = ("neck_channels", "fc_channels", "proposals")
+DETECTOR_KEYS = ("neck_channels", "fc_channels", "proposals", "anchor_scale")
 #: model-spec keys the detectors read
 _DETECTOR_READS = ("arch", "depth", "base_channels", "pretrained", *DETECTOR_KEYS)
 

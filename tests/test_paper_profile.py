@@ -107,6 +107,10 @@ NARROW = {"espnet": 4, "pspnet-r18-half": 4}  # base_channels of the smoke overl
 
 
 def test_smoke_covers_every_architecture_of_every_table():
+    from test_paper_smoke_a import KEYS as A
+    from test_paper_smoke_b import KEYS as B
+
+    assert sorted(A + B) == sorted(SMOKE)
     for key, runs in SMOKE.items():
         students = {PAPER["runs"][r]["student"] for r in runs}
         used = {PAPER["runs"][r]["student"] for r in P.runs_used(PAPER)
@@ -136,16 +140,17 @@ def _smoke_overlay(tmp_path: Path, roots: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("paper-smoke")
-    roots = {k: MAKERS[k](tmp / "datasets", np.random.default_rng(0)) for k in SMOKE}
-    overlay = _smoke_overlay(tmp, roots)
-    return tmp, [*map(str, FILES), str(overlay)]
+def make_smoke(tmp: Path, keys) -> tuple[Path, list[str]]:
+    """Tiny folders of the datasets ``keys`` in their exact layouts, and the params files of a
+    smoke run on them (the paper profile + :func:`_smoke_overlay`). The smoke runs are split over
+    tests/test_paper_smoke_*.py, two datasets each, so the test workers share them."""
+    roots = {k: MAKERS[k](tmp / "datasets", np.random.default_rng(0)) for k in keys}
+    return tmp, [*map(str, FILES), str(_smoke_overlay(tmp, roots))]
 
 
-@pytest.mark.parametrize("dataset", list(SMOKE))
-def test_two_iterations_per_student_architecture(smoke, dataset, monkeypatch):
+def two_iterations(smoke, dataset, monkeypatch):
+    """The data stage on ``dataset``'s tiny folder, its teachers and every SMOKE run for two
+    iterations."""
     import torch
 
     from bcd import cli

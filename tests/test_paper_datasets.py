@@ -422,3 +422,14 @@ def test_a_changed_dataset_fact_changes_the_data_stage_output(tmp_path, monkeypa
     assert cli.main(["data", "--params", str(DEFAULT), "--params", str(overlay)]) == 0
     after = yaml.safe_load(stamp.read_text())
     assert stamp.read_bytes() != before and after["facts"]["scale"] == [1024, 256]
+
+
+def test_scale_setting_rescales_train_and_evaluation_and_bounds_the_crop():
+    ds = paper.spec("cityscapes")
+    data = {"dataset": "cityscapes", "root": "x", "height": 64, "width": 64}
+    assert paper.pipeline(ds, data, train=False)[1]["scale"] == (2048, 1024)  # the paper's
+    small = dict(data, scale=[128, 64])
+    assert paper.pipeline(ds, small, train=False)[1]["scale"] == (128, 64)
+    assert paper.pipeline(ds, small, train=True)[2]["scale"] == (128, 64)
+    errors = paper.param_errors(ds, dict(small, height=96))
+    assert errors and "short side 64" in errors[0][1] and "128x64" in errors[0][1]

@@ -127,7 +127,8 @@ def _smoke_overlay(tmp_path: Path, roots: dict) -> Path:
         "profile": "paper-smoke",
         "seeds": [0],
         "paths": {"data": "data/checked", "runs": "runs", "results": "results"},
-        "datasets": {k: {"root": str(root), "height": 64, "width": 64}
+        # evaluated at 128x64 instead of the paper's 2048x512 / 2048x1024 (data.scale)
+        "datasets": {k: {"root": str(root), "height": 64, "width": 64, "scale": [128, 64]}
                      for k, root in roots.items()},
         "models": {name: {"pretrained": None, "base_channels": NARROW.get(name, 8)}
                    for name in PAPER["models"]},

@@ -326,7 +326,7 @@ ENTRIES = (
         param_errors=_shapes_param_errors, crop_is_image_size=True, task="detection"),
     DatasetEntry(
         name="coco2017", title="MS-COCO 2017", mmseg_type="CocoDataset", num_classes=80,
-        settings=ROOT_SETTINGS, required=("root",), prepare=_coco2017_prepare,
+        settings={"root": ROOT_SETTINGS["root"]}, required=("root",), prepare=_coco2017_prepare,
         require=lambda data, folder, make: check_coco2017(data["root"]),
         dataset=_coco2017_dataset, eval_split=lambda data: "val",
         eval_batch_size=1, task="detection"),  # mmdet's 1x evaluates one image at a time

@@ -267,7 +267,18 @@ SETTINGS = {"root": {"type": "string", "minLength": 1, "description": (
     "the paper's datasets (bcd.data.paper, bcd.data.coco, docs/datasets.md): the folder "
     "mmseg's/mmdet's configs call data_root (VOCdevkit/VOC2012, cityscapes, "
     "ADEChallengeData2016, coco_stuff10k, coco), relative to the repository root or absolute; "
-    "checked by the data stage, never written")}}
+    "checked by the data stage, never written")},
+    "scale": {"type": "array", "items": {"type": "integer", "minimum": 8}, "minItems": 2,
+              "maxItems": 2, "description": (
+                  "[long, short] side the images are rescaled to (training: mmseg's RandomResize "
+                  "around it; evaluation: Resize to it); default the paper's (mmseg's configs: "
+                  "VOC/ADE20K/COCO-Stuff 2048x512, Cityscapes 2048x1024). Smaller evaluates "
+                  "faster and differently: for quick checks, not for the tables")}}
+
+
+def scale_of(ds: PaperDataset, data) -> tuple[int, int]:
+    """The rescale scale of a data section: its ``scale``, else the dataset's (the paper's)."""
+    return tuple(data.get("scale") or ds.scale)
 
 
 def pipeline(ds: PaperDataset, data, train: bool) -> list[dict]:
@@ -276,10 +287,11 @@ def pipeline(ds: PaperDataset, data, train: bool) -> list[dict]:
     dataset, which ``LoadAnnotations`` follows."""
     if not train:  # annotations after Resize: labels are scored at the original size
         return [dict(type="LoadImageFromFile"),
-                dict(type="Resize", scale=ds.scale, keep_ratio=True),
+                dict(type="Resize", scale=scale_of(ds, data), keep_ratio=True),
                 dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
     return [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
-            dict(type="RandomResize", scale=ds.scale, ratio_range=(0.5, 2.0), keep_ratio=True),
+            dict(type="RandomResize", scale=scale_of(ds, data), ratio_range=(0.5, 2.0),
+                 keep_ratio=True),
             dict(type="RandomCrop", crop_size=crop_size(data), cat_max_ratio=0.75),
             dict(type="RandomFlip", prob=0.5), dict(type="PhotoMetricDistortion"),
             dict(type="PackSegInputs")]
@@ -307,9 +319,10 @@ def dataset_config(ds: PaperDataset, data, root, split: str, train: bool) -> dic
 
 def param_errors(ds: PaperDataset, data) -> list:
     """The crop must fit the short side the images are rescaled to (mmseg's scale)."""
-    short = min(ds.scale)
+    scale = scale_of(ds, data)
+    short = min(scale)
     return [((key,), f"crop {key} {have} is larger than the short side {short} that {ds.title} "
-                     f"images are rescaled to (scale {ds.scale[0]}x{ds.scale[1]})")
+                     f"images are rescaled to (scale {scale[0]}x{scale[1]})")
             for key, have in zip(("height", "width"), crop_size(data)) if have > short]
 
 

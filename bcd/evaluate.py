@@ -160,13 +160,26 @@ def evaluate_after_training(job: P.EvaluationSpec) -> None:
     write_json_atomic(cache, {"key": key, "metrics": out})
 
 
-def measure(job: P.EvaluationSpec) -> dict:
-    """Evaluate the model's weights on the evaluation split: the metrics dict."""
+def run_test_loop(test_cfg: dict, ckpt) -> dict:
+    """mmengine's test loop of ``test_cfg`` on the weights ``ckpt`` (checked against the model,
+    loaded strictly): the evaluators' results."""
+    from mmengine.config import Config
     from mmengine.runner import Runner
 
+    from bcd.weights import check_state_dict, load_weights
+
+    runner = Runner.from_cfg(Config(test_cfg, format_python_code=False))
+    state = load_weights(ckpt)
+    check_state_dict(runner.model, state, ckpt)
+    runner.model.load_state_dict(state, strict=True)
+    return runner.test()
+
+
+def measure(job: P.EvaluationSpec) -> dict:
+    """Evaluate the model's weights on the evaluation split: the metrics dict."""
     from bcd.mm import configs
     from bcd.runtime import require_dataset, setup_threads
-    from bcd.weights import check_state_dict, load_meta, load_weights
+    from bcd.weights import load_meta
 
     setup_threads(job.threads)
     paths, kind, name, seed = job.paths, job.kind, job.name, job.seed
@@ -196,14 +209,8 @@ def measure(job: P.EvaluationSpec) -> dict:
         test_cfg=dict(type="TestLoop"),
         env_cfg=base.env_cfg, log_level="WARNING", default_hooks=dict(), custom_hooks=[],
         visualizer=base.visualizer)
-    from mmengine.config import Config
-
     t0 = time.time()
-    runner = Runner.from_cfg(Config(test_cfg, format_python_code=False))
-    state = load_weights(ckpt)
-    check_state_dict(runner.model, state, ckpt)
-    runner.model.load_state_dict(state, strict=True)
-    results = runner.test()
+    results = run_test_loop(test_cfg, ckpt)
     per_class = {k[4:]: v for k, v in results.items() if k.startswith("IoU.")}
     quality = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("quality/")}
     meta = load_meta(ckpt)
@@ -247,11 +254,8 @@ def _measure_detector(job: P.EvaluationSpec, data: dict, model_spec: dict, root,
     """:func:`measure` for a detector: mmdet's COCO metric on the evaluation split through
     mmengine's test loop (box mAP; mask mAP for models with masks), Params/FLOPs of
     :func:`detector_complexity` at the evaluation size."""
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
     from bcd.mm import configs, detection
-    from bcd.weights import check_state_dict, load_meta, load_weights
+    from bcd.weights import load_meta
 
     paths, split, size = job.paths, configs.eval_split(data), configs.eval_size(data)
     masks = detection.has_masks(model_spec)
@@ -269,11 +273,7 @@ def _measure_detector(job: P.EvaluationSpec, data: dict, model_spec: dict, root,
         log_level="WARNING", default_hooks=dict(), custom_hooks=[],
         visualizer=configs.visualizer(data))
     t0 = time.time()
-    runner = Runner.from_cfg(Config(test_cfg, format_python_code=False))
-    state = load_weights(ckpt)
-    check_state_dict(runner.model, state, ckpt)
-    runner.model.load_state_dict(state, strict=True)
-    results = runner.test()
+    results = run_test_loop(test_cfg, ckpt)
     meta = load_meta(ckpt)
     scores = coco_percent(results, "bbox")
     if masks:

@@ -84,3 +84,17 @@ def low_memory(fn, *args: Tensor) -> Tensor:
     if torch.is_grad_enabled() and any(a.requires_grad for a in args):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
+
+
+def per_level(name: str, arg: str, x, n_levels: int | None = None, ref: str = "") -> list:
+    """A per-level input of a detection loss as a list (one tensor = one level); ``ValueError``
+    naming ``arg`` if it is empty or not a list, or has not ``n_levels`` levels (those of
+    ``ref``)."""
+    if isinstance(x, Tensor):
+        x = [x]
+    if not isinstance(x, (list, tuple)) or len(x) == 0:
+        raise ValueError(f"{name}: {arg} must be a Tensor or a non-empty list of per-level "
+                         f"entries, got {type(x).__name__}")
+    if n_levels is not None and len(x) != n_levels:
+        raise ValueError(f"{name}: {arg} has {len(x)} levels, {ref} has {n_levels}")
+    return list(x)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._common import check_int, check_positive
+from ._common import check_int, check_positive, per_level
 from ..precision import as_float32
 from ...methods import Method, POSITIVE, WEIGHT
 
@@ -75,14 +75,7 @@ def giou(boxes_a: Tensor, boxes_b: Tensor, eps: float = 1e-7) -> Tensor:
 
 
 def _levels(arg: str, x, n_levels: int | None = None) -> list:
-    if isinstance(x, Tensor):
-        x = [x]
-    if not isinstance(x, (list, tuple)) or len(x) == 0:
-        raise ValueError(f"{_NAME}: {arg} must be a Tensor or a non-empty list of per-level "
-                         f"entries, got {type(x).__name__}")
-    if n_levels is not None and len(x) != n_levels:
-        raise ValueError(f"{_NAME}: {arg} has {len(x)} levels, student_feats has {n_levels}")
-    return list(x)
+    return per_level(_NAME, arg, x, n_levels, "student_feats")
 
 
 def _check_map(what: str, x, n: int | None = None) -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import check_int, check_positive
+from ._common import check_int, check_positive, per_level
 from ..precision import as_float32
 from ...methods import Method, POSITIVE, WEIGHT
 
@@ -51,14 +51,7 @@ def edge_kl(logits_S: Tensor, logits_T: Tensor, temperature: float, bin_mean: bo
 
 
 def _levels(arg: str, x, n_levels: int | None = None) -> list:
-    if isinstance(x, Tensor):
-        x = [x]
-    if not isinstance(x, (list, tuple)) or len(x) == 0:
-        raise ValueError(f"{_NAME}: {arg} must be a Tensor or a non-empty list of per-level "
-                         f"entries, got {type(x).__name__}")
-    if n_levels is not None and len(x) != n_levels:
-        raise ValueError(f"{_NAME}: {arg} has {len(x)} levels, bbox_S has {n_levels}")
-    return list(x)
+    return per_level(_NAME, arg, x, n_levels, "bbox_S")
 
 
 class LDLoss(nn.Module):

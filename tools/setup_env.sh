@@ -12,7 +12,13 @@ stamp="$venv/.bcd-stack-ok"
 reqs="$here/tools/requirements.txt"
 want="$(cat "$reqs" "$0" | sha256sum | cut -c1-16)"
 
+# yapf (imported by mmengine) writes its grammar pickles under ~/.cache/YAPF at its first import;
+# two processes importing it at once in a fresh home (the test workers, two workflow jobs) can
+# read a half-written pickle (EOFError, seen in CI). One import here, before anything runs in
+# parallel, writes them.
+warm_caches() { "$venv/bin/python" -c "import yapf" >&2; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  warm_caches
   exit 0
 fi
 echo "[setup] creating environment in $venv" >&2
@@ -59,5 +65,6 @@ with_progress "requirements" pip install -q -r "$reqs"
 pip install -q --no-deps "mmrazor==1.0.0"
 pip install -q -e "$here" --no-deps --no-build-isolation
 "$venv/bin/python" -m pip check >&2 || echo "[setup] warning: pip check reported the above" >&2
+warm_caches
 echo "$want" > "$stamp"
 echo "[setup] environment ready: $venv ($(elapsed))" >&2

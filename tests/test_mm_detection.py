@@ -216,13 +216,32 @@ def test_bd_probe_labels_are_the_instances_drawn_smallest_on_top():
         detection.instance_label_map([sample], mode="semantic")
 
 
+def test_object_scenes_hold_whole_separate_objects():
+    from bcd.data import synthetic
+
+    counts, classes = [], set()
+    for i in range(40):
+        img, objects = synthetic.render_objects(synthetic.sample_rng(5, "train", i), 48, 48,
+                                                min_area=8)
+        assert img.shape == (48, 48, 3) and img.dtype == np.uint8
+        counts.append(len(objects))
+        boxes = []
+        for cls, mask in objects:
+            classes.add(cls)
+            assert 1 <= cls < len(synthetic.CLASSES) and mask.sum() >= 8
+            ys, xs = np.nonzero(mask)
+            boxes.append((ys.min(), xs.min(), ys.max() + 1, xs.max() + 1))
+        for j, a in enumerate(objects):  # the visible masks never share a pixel
+            for b in objects[j + 1:]:
+                assert not (a[1] & b[1]).any()
+    assert 1 <= min(counts) and max(counts) <= 4 and np.mean(counts) >= 2
+    assert classes == set(range(1, len(synthetic.CLASSES)))   # every class appears as an object
+    again = synthetic.render_objects(synthetic.sample_rng(5, "train", 3), 48, 48)
+    first = synthetic.render_objects(synthetic.sample_rng(5, "train", 3), 48, 48)
+    assert np.array_equal(again[0], first[0])
+
+
 def test_embedded_coco_set_holds_the_scenes_objects(tmp_path):
-    lab = np.zeros((20, 20), np.uint8)
-    lab[2:6, 2:6] = 4          # one plate, 16 px
-    lab[10:12, 0:20] = 5       # one wire, 40 px
-    lab[15, 15] = 4            # a 1-px piece: below min_area
-    found = coco.instances(lab, min_area=4)
-    assert [(c, int(m.sum())) for c, m in found] == [(4, 16), (5, 40)]
     root = coco.generate(tmp_path / "shapes_coco", seed=0, num_train=3, num_val=2, num_test=2,
                          height=32)
     meta = coco.check_dataset(root)

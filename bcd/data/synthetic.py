@@ -300,16 +300,8 @@ def _ring(rng, cv: _Canvas, k: int) -> np.ndarray:
     """A thin closed ring (slightly elliptic), ``k`` px thick."""
     r = max(3.5, rng.uniform(4.0, 12.0) * cv.s)
     cy, cx = cv.random_point(rng)
-    a, b = r, r * rng.uniform(0.7, 1.0)
-    theta = rng.uniform(0, np.pi)
-    u, v = _rotated(cv, theta, cy, cx)
-    rho = np.maximum(np.sqrt((u / a) ** 2 + (v / b) ** 2), 1e-9)
-    gu, gv = u / a ** 2 / rho, v / b ** 2 / rho  # gradient of rho in (u, v)
-    gn = np.maximum(np.hypot(gu, gv), 1e-9)
-    sd = (rho - 1.0) / gn  # first-order signed distance to the ellipse
-    c, s = np.cos(theta), np.sin(theta)
-    nx, ny = (gu * c - gv * s) / gn, (gu * s + gv * c) / gn  # unit normal in image axes
-    return _thin_band(sd, ny, nx, k)
+    b = r * rng.uniform(0.7, 1.0)
+    return _ellipse_ring(cv, cy, cx, r, b, rng.uniform(0, np.pi), k)
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -432,6 +424,96 @@ def render_sample(rng: np.random.Generator, height: int, width: int) -> tuple[np
             cv.paint(mask, cls, _texture(rng, cv, cls, mask))
 
     return _photometric(rng, cv.img), cv.lab.copy()
+
+
+def _ellipse_ring(cv: _Canvas, cy: float, cx: float, a: float, b: float, theta: float,
+                  k: int) -> np.ndarray:
+    """A closed elliptic ring ``k`` px thick, centre (cy, cx), half-axes a, b, rotated theta."""
+    u, v = _rotated(cv, theta, cy, cx)
+    rho = np.maximum(np.sqrt((u / a) ** 2 + (v / b) ** 2), 1e-9)
+    gu, gv = u / a ** 2 / rho, v / b ** 2 / rho  # gradient of rho in (u, v)
+    gn = np.maximum(np.hypot(gu, gv), 1e-9)
+    sd = (rho - 1.0) / gn  # first-order signed distance to the ellipse
+    c, s = np.cos(theta), np.sin(theta)
+    nx, ny = (gu * c - gv * s) / gn, (gu * s + gv * c) / gn  # unit normal in image axes
+    return _thin_band(sd, ny, nx, k)
+
+
+def _object(rng, cv: _Canvas, cls: int, cy: float, cx: float, r: float) -> np.ndarray:
+    """One whole object of ``cls`` of radius ``r`` at (cy, cx): a textured or flat region, a ring
+    2-3 px thick, or a wire (a straight or bent stroke 2-3 px thick, about 2r long)."""
+    k = max(2, int(round(rng.uniform(2.0, 3.0) * cv.s)))
+    if cls == RING:
+        return _ellipse_ring(cv, cy, cx, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), k)
+    if cls == WIRE:
+        theta = rng.uniform(0, np.pi)
+        dy, dx = r * np.sin(theta), r * np.cos(theta)
+        bend = rng.uniform(-0.5, 0.5) * r  # the middle point moved sideways: a bent wire
+        my, mx = cy + bend * np.cos(theta), cx - bend * np.sin(theta)
+        return (_segment(cv, cy - dy, cx - dx, my, mx, k)
+                | _segment(cv, my, mx, cy + dy, cx + dx, k))
+    if rng.random() < 0.5:
+        return _blob(rng, cv, cy, cx, r, irregular=rng.uniform(0.3, 1.0))
+    return _polygon(rng, cv, cy, cx, r)
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return None
+    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+def _box_iou(a, b) -> float:
+    ih = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iw = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ih * iw
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def render_objects(rng: np.random.Generator, height: int, width: int, *,
+                   objects: tuple[int, int] = (2, 4), radius: tuple[float, float] = (0.14, 0.26),
+                   max_overlap: float = 0.15, min_visible: float = 0.6,
+                   min_area: int = 8) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One detection scene: ``(image uint8 (H, W, 3), [(class, visible mask), ...])``.
+
+    The classes of :data:`CLASSES` as whole objects on the textured background (the embedded
+    detection set, :mod:`bcd.data.coco`): ``objects`` (inclusive range) objects of random
+    classes, radius ``radius`` x the image's side, placed so that no two boxes overlap by more
+    than ``max_overlap`` IoU (up to 30 draws each; an object that finds no place is left out).
+    Later objects may hide parts of earlier ones; an object is kept when at least
+    ``min_visible`` of it and ``min_area`` pixels stay visible, and its instance mask is what
+    is visible. The same photometric jitter as :func:`render_sample`.
+    """
+    height, width = _check_size(height, "height"), _check_size(width, "width")
+    cv = _Canvas(height, width)
+    side = min(height, width)
+    cv.paint(np.ones((height, width), bool), BACKGROUND, _tex_background(rng, cv))
+    placed: list[tuple[int, np.ndarray]] = []
+    boxes = []
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
+        cls = int(rng.integers(1, len(CLASSES)))
+        for _try in range(30):
+            r = rng.uniform(*radius) * side
+            cy, cx = rng.uniform(0.6 * r, height - 0.6 * r), rng.uniform(0.6 * r, width - 0.6 * r)
+            mask = _object(rng, cv, cls, cy, cx, r)
+            box = _box(mask)
+            if box and all(_box_iou(box, b) <= max_overlap for b in boxes):
+                break
+        else:
+            continue
+        cv.paint(mask, cls, _texture(rng, cv, cls, mask))
+        placed.append((cls, mask))
+        boxes.append(box)
+    found = []
+    for i, (cls, mask) in enumerate(placed):
+        visible = mask.copy()
+        for _cls, later in placed[i + 1:]:
+            visible &= ~later
+        if visible.sum() >= max(min_area, min_visible * mask.sum()):
+            found.append((cls, visible))
+    return _photometric(rng, cv.img), found
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -376,9 +376,9 @@ def reference_row(records: list[dict], rec: dict) -> dict | None:
 # ----------------------------------------------------------------------------------------------
 # The table
 # ----------------------------------------------------------------------------------------------
-def _read_group(cfg, group: dict) -> list[dict]:
-    """A teacher group's records (its teacher row, then its rows) with their metrics, read and
-    checked; the teacher checkpoint every distilled row used is checked against the teacher's."""
+def _read_group(cfg, group: dict, seeds: list) -> list[dict]:
+    """A teacher group's records (its teacher row, then its rows over ``seeds``) with their
+    metrics, read and checked; the teacher checkpoint every distilled row used is checked against the teacher's."""
     teacher = group["teacher"]
     t_path = P.teacher_paths(cfg, teacher)["metrics"]
     t_metrics = read_metrics(t_path, stage=P.stage_name("evaluate-teacher", teacher),
@@ -390,7 +390,7 @@ def _read_group(cfg, group: dict) -> list[dict]:
         "seed_list": [cfg["teachers"][teacher]["seed"]],
     }]
     for row in group["rows"]:
-        run, seeds = row["run"], list(cfg["seeds"])
+        run = row["run"]
         files = [P.run_paths(cfg, run, s)["metrics"] for s in seeds]
         metrics = [read_metrics(f, stage=P.stage_name("evaluate", run, s), kind="student",
                                 name=run, seed=s, cfg=cfg) for f, s in zip(files, seeds)]
@@ -455,7 +455,7 @@ def build_table(cfg, name: str):
 
     table = P.lookup(cfg, "tables", name)
     groups = P.table_groups(table)
-    records = [_read_group(cfg, group) for group in groups]
+    records = [_read_group(cfg, group, P.table_seeds(cfg, name)) for group in groups]
     spec = _table_task(name, records)
     for group, recs in zip(groups, records):
         _finish_group(spec, group, recs)
@@ -624,7 +624,7 @@ def format_table(df):
 
 def _caption(cfg, name: str, df) -> str:
     table = cfg["tables"][name]
-    seeds = len(cfg["seeds"])
+    seeds = len(P.table_seeds(cfg, name))
     shapes = sorted(set(df["input_shape"]))
     size = (shapes[0].replace("x", r"$\times$") if len(shapes) == 1
             else "each row's input size (see the CSV)")
@@ -760,10 +760,9 @@ def split_summary(cfg, name: str, split: str = "val"):
     The val numbers are for choosing settings; the tables report the test split."""
     import pandas as pd
 
-    seeds = list(cfg["seeds"])
     out = []
     for group in P.table_groups(P.lookup(cfg, "tables", name)):
-        out += _split_group(cfg, group, seeds, split)
+        out += _split_group(cfg, group, P.table_seeds(cfg, name), split)
     return pd.DataFrame.from_records(out)
 
 

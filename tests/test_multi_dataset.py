@@ -38,12 +38,15 @@ TWO = {  # a second generated dataset next to the default's, with its own teache
     "teachers": {"pspnet-r101": {"dataset": "big"}, "deeplabv3plus-r101": {"dataset": "other"}},
     # every run must name its teacher's dataset (absent = the top-level data)
     "runs": {r: {"dataset": "other" if r.startswith("dlv3p") else "big"}
-             for r in yaml.safe_load(DEFAULT.read_text())["runs"]},
+             for r, spec in yaml.safe_load(DEFAULT.read_text())["runs"].items()
+             if "dataset" not in spec},   # the segmentation runs (Table V's name theirs)
     "tables": {"table1": {"rows": [{"run": "r18", "label": "S"},
                                    {"run": "r18-bcd", "label": "BCD"}]},
                "table3": {"rows": [{"run": "r18-bd", "label": "BD"}]},
-               "table4": {"rows": [{"run": "dlv3p-r18-tat", "label": "TAT"}]}},
+               "table4": {"rows": [{"run": "dlv3p-r18-tat", "label": "TAT"}]},
+               "table5": None},           # dropped: the detectors and their dataset
 }
+KEYED = "data/embedded-datasets"  # the default's paths.datasets
 
 
 def _errors(files) -> list[tuple[str, str, str]]:
@@ -61,7 +64,7 @@ def test_each_dataset_has_its_data_stage_and_each_stage_depends_on_its_own(tmp_p
     assert P.datasets_used(cfg) == ["big", "other"]
     assert "data" not in stages  # the top-level data is used by no built stage
     big, other = stages["data-big"], stages["data-other"]
-    assert big.outs == ("data/embedded/big",) and other.outs == ("data/embedded/other",)
+    assert big.outs == (f"{KEYED}/big",) and other.outs == (f"{KEYED}/other",)
     assert big.cmd.endswith("--dataset big")
     assert "datasets.big.shapes" in big.params and "datasets.other.shapes" not in big.params
     for name, folder in (("teacher-pspnet-r101", "big"), ("train-r18-bcd-seed0", "big"),
@@ -69,10 +72,10 @@ def test_each_dataset_has_its_data_stage_and_each_stage_depends_on_its_own(tmp_p
                          ("train-dlv3p-r18-tat-seed0", "other"),
                          ("evaluate-teacher-deeplabv3plus-r101", "other")):
         data_deps = [d for d in stages[name].deps if d.startswith("data/")]
-        assert data_deps == [f"data/embedded/{folder}"], name
+        assert data_deps == [f"{KEYED}/{folder}"], name
         assert any(k.startswith(f"datasets.{folder}.") for k in stages[name].params), name
         assert not any(k.startswith("data.") for k in stages[name].params), name
-    assert stages["figures"].deps[0] == "data/embedded/big"  # table1's dataset
+    assert stages["figures"].deps[0] == f"{KEYED}/big"  # table1's dataset
     run = P.resolve_run(cfg, "dlv3p-r18-tat")
     assert run["data"]["height"] == 32 and run["data"]["shapes"]["seed"] == 8
     assert P.resolve_teacher(cfg, "pspnet-r101")["data"]["height"] == 48
@@ -80,13 +83,18 @@ def test_each_dataset_has_its_data_stage_and_each_stage_depends_on_its_own(tmp_p
 
 
 def test_single_dataset_profiles_are_unchanged():
-    """No `datasets`: the one data stage is `data` writing paths.data (the committed dvc.yaml
-    test checks the default's stages byte for byte)."""
-    cfg = P.load_params([DEFAULT])
+    """No keyed dataset used (micro: Table V dropped): the one data stage is `data` writing
+    paths.data."""
+    micro = ROOT / "params" / "micro.yaml"
+    cfg = P.load_params([DEFAULT, micro])
     assert P.datasets_used(cfg) == [None]
     data = P.stages(cfg)[0]
-    assert (data.name, data.outs, data.cmd.split()[-1]) == ("data", ("data/embedded",),
-                                                           str(DEFAULT))
+    assert (data.name, data.outs, data.cmd.split()[-1]) == ("data", ("data/micro",), str(micro))
+    # the default: the shapes data and Table V's keyed object scenes, folders apart
+    cfg = P.load_params([DEFAULT])
+    assert P.datasets_used(cfg) == [None, "shapes-coco"]
+    assert [s.outs for s in P.stages(cfg)[:2]] == [("data/embedded",),
+                                                  (f"{KEYED}/shapes-coco",)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,7 +103,8 @@ def test_single_dataset_profiles_are_unchanged():
 def test_unknown_dataset_names_file_and_key(tmp_path):
     bad = _overlay(tmp_path, {**TWO, "runs": {**TWO["runs"], "r18": {"dataset": "vocc"}}})
     errors = _errors([DEFAULT, bad])
-    assert (str(bad), "runs.r18.dataset", "unknown dataset 'vocc' (datasets: big, other)") in errors
+    assert (str(bad), "runs.r18.dataset",
+            "unknown dataset 'vocc' (datasets: big, other, shapes-coco)") in errors
 
 
 def test_run_on_another_dataset_than_its_teacher_is_refused(tmp_path):
@@ -135,7 +144,8 @@ def test_bad_section_under_datasets_names_its_key_path(tmp_path):
 def test_top_level_data_and_datasets_both_used_is_refused(tmp_path):
     # pspnet-r101 and its runs back on the top-level data, the DeepLabV3+ ones on `other`
     overlay = {**TWO, "teachers": {"deeplabv3plus-r101": {"dataset": "other"}},
-               "runs": {k: v for k, v in TWO["runs"].items() if k.startswith("dlv3p")}}
+               "runs": {k: v for k, v in TWO["runs"].items() if k.startswith("dlv3p")},
+               "paths": {"datasets": "data/embedded"}}   # the keyed folders inside paths.data
     bad = _overlay(tmp_path, overlay)
     errors = _errors([DEFAULT, bad])
     assert any(k == "datasets" and "both used" in m and "runs.r18" in m for f, k, m in errors), \

@@ -57,6 +57,8 @@ MALFORMED = [
      "unknown key"),
     ("unknown-deep-key", _set(("methods", "bd", "temperature", "tau"), 1.0),
      "methods.bd.temperature.tau", "unknown key"),
+    ("table-num-seeds-zero", _set(("tables", "table1", "num_seeds"), 0),
+     "tables.table1.num_seeds", "minimum"),
     ("key-of-another-loss", _set(("methods", "cd", "radius"), 4), "methods.cd.radius",
      "unknown key"),
     ("wrong-type-int", _set(("train", "student", "iters"), "many"), "train.student.iters",
@@ -260,7 +262,8 @@ def test_a_reference_broken_by_an_overlay_names_the_overlay(tmp_path):
 def test_micro_profile():
     cfg = P.load_params([DEFAULT, MICRO])
     assert cfg["seeds"] == [0]
-    assert cfg["paths"] == {"data": "data/micro", "runs": "runs/micro", "results": "results/micro"}
+    assert cfg["paths"] == {"data": "data/micro", "runs": "runs/micro", "results": "results/micro",
+                            "datasets": "data/embedded-datasets"}  # the default's, unused
     shapes = cfg["data"]["shapes"]
     assert (shapes["num_train"], shapes["num_val"], shapes["num_test"]) == (16, 8, 8)
     assert (cfg["data"]["height"], cfg["data"]["width"]) == (32, 32)
@@ -439,8 +442,8 @@ def test_stages(cfg):
     kinds = [n.split("-")[0] if not n.startswith("evaluate-teacher") else "evaluate-teacher"
              for n in stages]
     assert {k: kinds.count(k) for k in set(kinds)} == {
-        "data": 1, "teacher": 2, "evaluate-teacher": 2, "train": 93, "evaluate": 93, "table": 3,
-        "figures": 1}
+        "data": 2, "teacher": 5, "evaluate-teacher": 5, "train": 93 + 32, "evaluate": 93 + 32,
+        "table": 4, "figures": 1}   # Table V: 3 teachers, 16 runs x 2 seeds, on its own data
     train = stages["train-r18-bcd-seed1"]
     assert train.cmd == ("python -m bcd train --params params/default.yaml "
                          "--run r18-bcd --seed 1")
@@ -458,6 +461,8 @@ def test_stages(cfg):
     assert "runs/embedded/r18/seed0/model.pth" in ev.deps
     table = stages["table-table1"]
     assert len([d for d in table.deps if d.endswith("metrics.json")]) == 1 + 5 * 3
+    table5 = [d for d in stages["table-table5"].deps if d.endswith("metrics.json")]
+    assert len(table5) == 3 + 16 * 2 and not any("seed2" in d for d in table5)
     from bcd.reference import REFERENCE_CSV
 
     assert any(REFERENCE_CSV == d or REFERENCE_CSV.startswith(d + "/") for d in table.deps)
@@ -472,3 +477,33 @@ def test_dvc_params_track_base_keys_and_whole_overlays():
     assert doc["table-table1"]["params"] == [{str(DEFAULT): ["tables.table1", "seeds"]},
                                              {str(MICRO): None}]
     assert f"- {MICRO}:\n" in dvcfile.dvc_yaml_text(cfg)
+
+
+def test_a_table_with_its_own_seeds_trains_its_rows_with_those_only(tmp_path):
+    base = _default()
+    base["seeds"] = [0, 2, 1]
+    base["tables"]["table4"]["num_seeds"] = 2
+    base["tables"]["table1"]["num_seeds"] = 1
+    cfg = P.load_params([_write(tmp_path / "p.yaml", base)])
+    only4 = base["tables"]["table4"]["rows"][0]["run"]
+    assert P.table_seeds(cfg, "table4") == [0, 2] and P.table_seeds(cfg, "table3") == [0, 2, 1]
+    assert P.run_seeds(cfg, only4) == [0, 2]
+    assert P.run_seeds(cfg, "r18-bd") == [0]            # table1 only
+    assert P.run_seeds(cfg, "r18") == [0, 2, 1]         # table1 and table3: every seed asked
+    trains = {s.name for s in P.stages(cfg) if s.name.startswith(f"train-{only4}-seed")}
+    assert trains == {P.stage_name("train", only4, 0), P.stage_name("train", only4, 2)}
+    read = {str(f) for f in P.table_metrics(cfg, "table1")}
+    assert str(P.run_paths(cfg, "r18", 0)["metrics"]) in read
+    assert str(P.run_paths(cfg, "r18", 2)["metrics"]) not in read
+    # a run's resolved spec (what a rerun compares) does not depend on its seeds
+    assert P.resolve_run(cfg, "r18") == P.resolve_run(P.load_params([DEFAULT]), "r18")
+    # an overlay with fewer seeds than num_seeds: all of them
+    one = _write(tmp_path / "one.yaml", {"seeds": [5]})
+    assert P.table_seeds(P.load_params([DEFAULT, one]), "table5") == [5]
+
+
+def test_an_overlay_drops_a_table_by_setting_it_to_null(tmp_path):
+    over = _write(tmp_path / "o.yaml", {"tables": {"table4": None}})
+    cfg = P.load_params([DEFAULT, over])
+    assert "table4" not in cfg["tables"] and "table3" in cfg["tables"]
+    assert not any(s.name.startswith("train-dlv3p") for s in P.stages(cfg))

@@ -145,13 +145,15 @@ def base_config(arch: str) -> dict:
 
 
 def _proposals(m: dict, spec: Mapping[str, Any]) -> None:
-    """Cascade's proposal and RoI counts (``proposals: {rpn: N, rois: M}``): mmdet's 2000/1000
-    proposals and 512 RoIs per image are sized for 800 x 1333 images."""
+    """Cascade's proposal and RoI counts (``proposals: {rpn: N, rois: M}``): N proposals per
+    image at test time and 2N in training, M RoIs sampled per image for each stage's loss, as
+    mmdet's 1000 / 2000 / 512 (``{rpn: 1000, rois: 512}`` is its config), which are sized for
+    800 x 1333 images."""
     prop = spec.get("proposals")
     if not prop:
         return
     rpn, rois = int(prop.get("rpn", 1000)), int(prop.get("rois", 512))
-    m["train_cfg"]["rpn_proposal"].update(nms_pre=rpn * 2, max_per_img=rpn)
+    m["train_cfg"]["rpn_proposal"].update(nms_pre=rpn * 2, max_per_img=rpn * 2)
     m["test_cfg"]["rpn"].update(nms_pre=rpn, max_per_img=rpn)
     for stage in m["train_cfg"]["rcnn"]:
         stage["sampler"]["num"] = rois

@@ -134,22 +134,36 @@ def figures_spec(cfg) -> dict | None:
     return spec if spec["student"] and spec["distilled"] else None
 
 
+def _train_overrides(cfg, role: str, model: dict) -> list[str]:
+    """The sections whose ``<role>`` overrides ``train.<role>`` for ``model``, least specific
+    first: ``detection`` for a detector (Table V's own optimisation), then the detector's arch
+    (``train.cascade_mask_rcnn``: one architecture's schedule)."""
+    if task_of(model) != "detection":
+        return []
+    return [s for s in ("detection", model["arch"]) if (cfg["train"].get(s) or {}).get(role)]
+
+
 def train_settings(cfg, role: str, model: dict) -> dict:
-    """``train.<role>`` for a model: for a detector with ``train.detection.<role>`` deep-merged
-    over it (Table V's own optimisation), else as it is."""
+    """``train.<role>`` for a model, with its overrides (:func:`_train_overrides`) deep-merged
+    over it in order."""
     train = copy.deepcopy(cfg["train"][role])
-    override = (cfg["train"].get("detection") or {}).get(role)
-    if override and task_of(model) == "detection":
-        train = deep_merge(train, copy.deepcopy(override))
+    for section in _train_overrides(cfg, role, model):
+        train = deep_merge(train, copy.deepcopy(cfg["train"][section][role]))
     return train
 
 
 def train_keys(cfg, role: str, model: dict) -> list[str]:
-    """Key paths of :func:`train_settings` (a stage's DVC ``params``)."""
-    keys = [f"train.{role}"]
-    if (cfg["train"].get("detection") or {}).get(role) and task_of(model) == "detection":
-        keys.append(f"train.detection.{role}")
-    return keys
+    """Key paths of :func:`train_settings` (a stage's DVC ``params``): ``train.<role>`` and its
+    overrides, each whole, or the keys of it that no later override replaces."""
+    layers = [(f"train.{role}", cfg["train"][role])]
+    layers += [(f"train.{s}.{role}", cfg["train"][s][role])
+               for s in _train_overrides(cfg, role, model)]
+    out = []
+    for i, (key, values) in enumerate(layers):
+        later = {k for _, v in layers[i + 1:] for k in v}
+        kept = [k for k in values if k not in later]
+        out += [key] if len(kept) == len(values) else [f"{key}.{k}" for k in kept]
+    return out
 
 
 def resolve_teacher(cfg, name: str) -> dict:
@@ -192,6 +206,21 @@ def resolve_run(cfg, run: str) -> dict:
     }
 
 
+def table_seeds(cfg, name: str) -> list[int]:
+    """The seeds of table ``name``'s rows: the first ``num_seeds`` of the top-level ``seeds``
+    (all of them when the table does not set it)."""
+    return list(cfg["seeds"][:lookup(cfg, "tables", name).get("num_seeds")])
+
+
+def run_seeds(cfg, run: str) -> list[int]:
+    """The seeds ``run`` trains with: every seed a table listing it asks for, in the order of
+    the top-level ``seeds`` (a run no table lists: all of them)."""
+    wanted = {s for name, table in cfg["tables"].items()
+              if any(row["run"] == run for row in table_rows(table))
+              for s in table_seeds(cfg, name)}
+    return [s for s in cfg["seeds"] if s in wanted] if wanted else list(cfg["seeds"])
+
+
 def resolve_evaluate(cfg, *, run: str | None = None, teacher: str | None = None) -> dict:
     """What an evaluation depends on besides the weights: the model spec and the data."""
     ev = copy.deepcopy(cfg.get("evaluation") or {})
@@ -202,7 +231,7 @@ def resolve_evaluate(cfg, *, run: str | None = None, teacher: str | None = None)
 
 
 def resolve_table(cfg, name: str) -> dict:
-    return {"table": copy.deepcopy(lookup(cfg, "tables", name)), "seeds": list(cfg["seeds"])}
+    return {"table": copy.deepcopy(lookup(cfg, "tables", name)), "seeds": table_seeds(cfg, name)}
 
 
 def bpkd_methods(cfg) -> list[str]:

@@ -14,7 +14,8 @@ from bcd.params.paths import (data_dir, figures_inputs, figures_outputs, run_pat
 from bcd.params.resolve import (data_keys, data_section, dataset_of, datasets_used,
                                 figures_spec, lookup, param_keys_for_evaluate,
                                 param_keys_for_figures, param_keys_for_run,
-                                param_keys_for_table, param_keys_for_teacher, runs_used,
+                                param_keys_for_table, param_keys_for_teacher, run_seeds,
+                                table_seeds,                                runs_used,
                                 table_groups, teachers_used, unique)
 
 
@@ -111,7 +112,7 @@ def stages(cfg) -> list[Stage]:
         data = str(data_dir(cfg, spec.get("dataset")))
         teacher = spec.get("teacher")
         teacher_model = (str(teacher_paths(cfg, teacher)["model"]),) if teacher else ()
-        for seed in cfg["seeds"]:
+        for seed in run_seeds(cfg, run):
             p = run_paths(cfg, run, seed)
             args = ("--run", run, "--seed", str(seed))
             out.append(Stage(stage_name("train", run, seed), command(cfg, "train", *args),
@@ -149,7 +150,7 @@ def table_metrics(cfg, name: str) -> list[Path]:
     for group in table_groups(lookup(cfg, "tables", name)):
         files.append(teacher_paths(cfg, group["teacher"])["metrics"])
         files += [run_paths(cfg, row["run"], seed)["metrics"]
-                  for row in group["rows"] for seed in cfg["seeds"]]
+                  for row in group["rows"] for seed in table_seeds(cfg, name)]
     return files
 
 

@@ -157,6 +157,11 @@ def schema() -> dict:
     arch["enum"] = [*SEGMENTOR_ARCHS, *DETECTOR_ARCHS]
     out["$defs"]["train_override"] = {**out["$defs"]["train"], "required": [],
                                       "description": out["$defs"]["train_override"]["description"]}
+    train = out["properties"]["train"]["properties"]
+    for arch in DETECTOR_ARCHS:  # one detector architecture's schedule, after `detection`
+        train[arch] = {**copy.deepcopy(train["detection"]), "description": (
+            f"overrides for teachers and runs whose model is a {arch}, deep-merged after "
+            "train.detection (e.g. a shorter schedule for a slower detector)")}
     return out
 
 
@@ -554,9 +559,10 @@ def _train_errors(cfg) -> list[tuple[tuple, str]]:
     """Optimizer keys that do not apply (``betas`` is AdamW's), in every train role."""
     train, out = cfg["train"], []
     roles = [(("train", r), train[r]) for r in ("teacher", "student")]
-    roles += [(("train", "detection", r), v) for r, v in (train.get("detection") or {}).items()]
+    for section in ("detection", *DETECTOR_ARCHS):
+        roles += [(("train", section, r), v) for r, v in (train.get(section) or {}).items()]
     for where, role in roles:
-        base = train[where[-1]]
+        base = {**train[where[-1]], **(train.get("detection") or {}).get(where[-1], {})}
         if "betas" in role and {**base, **role}.get("optimizer", "sgd") != "adamw":
             out.append((where + ("betas",), "betas are AdamW's; set optimizer: adamw or drop "
                                             "them"))
@@ -693,7 +699,17 @@ def _figures_errors(cfg) -> list[tuple[tuple, str]]:
     return out
 
 
+def without_dropped_tables(cfg: Mapping) -> dict:
+    """An overlay drops a table of the files before it by setting it to null
+    (``tables: {table5: null}``: dicts merge, so it could not be left out otherwise)."""
+    tables = cfg.get("tables")
+    if not isinstance(tables, Mapping) or all(v is not None for v in tables.values()):
+        return dict(cfg)
+    return {**cfg, "tables": {k: v for k, v in tables.items() if v is not None}}
+
+
 def _checked(cfg: dict, layers) -> dict:
+    cfg = without_dropped_tables(cfg)
     problems = _schema_errors(cfg) + _finite_errors(cfg) + _table_form_errors(cfg)
     if not problems:
         problems = _semantic_errors(cfg)

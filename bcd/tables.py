@@ -378,7 +378,8 @@ def reference_row(records: list[dict], rec: dict) -> dict | None:
 # ----------------------------------------------------------------------------------------------
 def _read_group(cfg, group: dict, seeds: list) -> list[dict]:
     """A teacher group's records (its teacher row, then its rows over ``seeds``) with their
-    metrics, read and checked; the teacher checkpoint every distilled row used is checked against the teacher's."""
+    metrics, read and checked; the teacher checkpoint every distilled row used is checked
+    against the teacher's."""
     teacher = group["teacher"]
     t_path = P.teacher_paths(cfg, teacher)["metrics"]
     t_metrics = read_metrics(t_path, stage=P.stage_name("evaluate-teacher", teacher),

@@ -307,7 +307,7 @@ def _coco2017_dataset(data, root, split: str, train: bool) -> dict:
 
 ENTRIES = (
     DatasetEntry(
-        name="shapes_coco", title="generated shapes (COCO instances)",
+        name="shapes_coco", title="generated object scenes (COCO instances)",
         mmseg_type="CocoDataset", num_classes=len(CLASSES), classes=CLASSES,
         settings=SETTINGS, required=("shapes_coco",), prepare=_shapes_prepare,
         require=_shapes_require, dataset=_shapes_dataset, eval_split=shapes_eval_split,

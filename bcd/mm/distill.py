@@ -84,9 +84,19 @@ class PairedTeacherDistill(SingleTeacherDistill):
             # the accuracy: same recorded values, less work. When every teacher recorder taps
             # the backbone (BD/CD alone), the teacher runs extract_feat only: its decode head
             # (a Mask2Former's pixel and transformer decoders) would compute nothing recorded.
+            # A detector's teacher (mmdet) runs extract_feat (backbone + FPN) and its dense head
+            # (GFL's/RetinaNet's head, Cascade's RPN: the last module a method reads), which is
+            # its "tensor" forward without Cascade's RoI heads: they would compute nothing
+            # recorded, and mmdet 3.3's tensor-mode Cascade forward fails on flipped training
+            # images (merge_aug_masks slices a tensor with ::-1).
             sources = [r.source for r in self.distiller.teacher_recorders.recorders.values()]
             self._teacher_backbone_only = bool(sources) and all(
                 src == "backbone" or src.startswith("backbone.") for src in sources)
+            self._teacher_dense_head = None
+            if type(self.teacher).__module__.startswith("mmdet.") and not any(
+                    "roi_head" in src for src in sources):
+                self._teacher_dense_head = next(
+                    (h for h in ("rpn_head", "bbox_head") if hasattr(self.teacher, h)), None)
             self.teacher.loss = self._teacher_forward
 
     def init_weights(self) -> None:
@@ -114,6 +124,8 @@ class PairedTeacherDistill(SingleTeacherDistill):
     def _teacher_forward(self, inputs, data_samples=None) -> dict:
         if self._teacher_backbone_only:
             self.teacher.extract_feat(inputs)
+        elif self._teacher_dense_head is not None:
+            getattr(self.teacher, self._teacher_dense_head)(self.teacher.extract_feat(inputs))
         else:
             self.teacher(inputs, data_samples, mode="tensor")
         return {}

@@ -41,8 +41,9 @@ from bcd.params.resolve import (
     table_rows, table_dataset,
     figures_dataset, runs_used, teachers_used, datasets_used, draws_boundary,
     FIGURES_DEFAULTS, figures_spec, resolve_teacher, resolve_run, resolve_evaluate,
-    resolve_table, table_seeds, run_seeds, bpkd_methods, resolve_figures, unique, param_keys_for_teacher,
-    param_keys_for_run, param_keys_for_evaluate, param_keys_for_table, param_keys_for_figures)
+    resolve_table, table_seeds, run_seeds, bpkd_methods, resolve_figures, unique,
+    param_keys_for_teacher, param_keys_for_run, param_keys_for_evaluate, param_keys_for_table,
+    param_keys_for_figures)
 from bcd.params.paths import (
     data_dir, teacher_paths, run_paths, table_paths, FIGURE_NAMES, FIGURE_FORMATS,
     figure_paths, curve_paths, figures_runs, figures_inputs, figures_outputs, log_path)
@@ -63,8 +64,8 @@ __all__ = ['ParamsError', 'read_params_file', 'deep_merge', 'files_of', 'remake_
            'GROUP_KEYS', 'table_groups', 'table_rows', 'table_dataset', 'figures_dataset',
            'runs_used', 'teachers_used', 'datasets_used',
            'draws_boundary', 'FIGURES_DEFAULTS', 'figures_spec', 'resolve_teacher', 'resolve_run',
-           'resolve_evaluate', 'resolve_table', 'table_seeds', 'run_seeds', 'bpkd_methods', 'resolve_figures',
-           'unique',
+           'resolve_evaluate', 'resolve_table', 'table_seeds', 'run_seeds', 'bpkd_methods',
+           'resolve_figures', 'unique',
            'param_keys_for_teacher', 'param_keys_for_run', 'param_keys_for_evaluate',
            'param_keys_for_table', 'param_keys_for_figures', 'data_dir', 'teacher_paths',
            'run_paths', 'table_paths', 'FIGURE_NAMES', 'FIGURE_FORMATS', 'figure_paths',

@@ -15,8 +15,8 @@ from bcd.params.resolve import (data_keys, data_section, dataset_of, datasets_us
                                 figures_spec, lookup, param_keys_for_evaluate,
                                 param_keys_for_figures, param_keys_for_run,
                                 param_keys_for_table, param_keys_for_teacher, run_seeds,
-                                table_seeds,                                runs_used,
-                                table_groups, teachers_used, unique)
+                                runs_used, table_groups, table_seeds, teachers_used,
+                                unique)
 
 
 #: Kinds of jobs with their own `resources.<kind>` (Snakemake rules: `evaluate_teacher` is

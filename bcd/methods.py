@@ -53,6 +53,11 @@ TAP_NAMES = ("student.fused", "teacher.fused", "student.logits", "teacher.logits
              "student.box_dists", "teacher.box_dists", "student.positives",
              "student.num_positives", "student.head_held", "teacher.head_held",
              "teacher.head_tail", "teacher.box_decoder", "gt_boxes", "img_metas")
+#: what a tap reads, by the task of the model it comes from: segmentation-only (a decode head),
+#: detection-only (an FPN, a dense head, instances); the rest (fused levels, labels) both
+SEGMENTATION_TAPS = ("logits", "head")
+DETECTION_TAPS = ("neck", "head_cls", "head_reg", "box_dists", "positives", "num_positives",
+                  "head_held", "head_tail", "box_decoder", "gt_boxes", "img_metas")
 #: facts of a model a loss's constructor may take (:attr:`Method.models`), as ``student.<fact>``
 #: or ``teacher.<fact>``: the number of FPN levels, the dense head's anchors per location and
 #: its box-distribution bins - 1 (None: box deltas); attributes of bcd.mm.detection.DetTaps
@@ -230,6 +235,14 @@ class Method:
                 else:
                     inputs[arg] = tap
         return inputs
+
+    def applies_to(self, task: str, settings: Mapping[str, Any] | None = None) -> bool:
+        """Whether a method of this type with these settings reads only what models of ``task``
+        (``segmentation`` or ``detection``) give (:data:`SEGMENTATION_TAPS`,
+        :data:`DETECTION_TAPS`)."""
+        other = DETECTION_TAPS if task == "segmentation" else SEGMENTATION_TAPS
+        taps = self.inputs_for(self.loss_args(settings or {})).values()
+        return not any((tap or "").rpartition(".")[2] in other for tap in taps)
 
     def loss_args(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The constructor arguments among ``settings`` (``type`` and the connectors' dropped)."""

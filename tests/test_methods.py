@@ -117,3 +117,18 @@ def test_reading_the_declarations_imports_no_torch():
     code = ("import sys, bcd.params as P, bcd.methods as M; M.declared(); P.schema(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=M.LOSSES.parents[1])
+
+
+def test_a_method_applies_to_the_tasks_whose_models_give_what_it_reads():
+    from bcd.methods import declared
+
+    decl = declared()
+    assert decl["FGDLoss"].applies_to("detection")            # the FPN
+    assert not decl["FGDLoss"].applies_to("segmentation")
+    assert decl["PixelKDLoss"].applies_to("segmentation")     # the decode head's logits
+    assert not decl["PixelKDLoss"].applies_to("detection")
+    bd = decl["BoundaryDistillLoss"]                           # the reading decides
+    assert bd.applies_to("detection", {"teacher": "probe"})
+    assert not bd.applies_to("detection", {"teacher": "prediction"})
+    assert bd.applies_to("segmentation", {"teacher": "prediction"})
+    assert decl["ContextDistillLoss"].applies_to("detection")  # fused levels only

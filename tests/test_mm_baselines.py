@@ -15,7 +15,8 @@ from bcd.mm import configs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = P.load_params([ROOT / "params/default.yaml"])
-METHODS = {k: v for k, v in CFG["methods"].items() if not method(v["type"]).scheduled}
+METHODS = {k: v for k, v in CFG["methods"].items() if not method(v["type"]).scheduled
+           and method(v["type"]).applies_to("segmentation", v)}  # not Table V's detector ones
 NUM_CLASSES = 7
 PAIRS = {
     "pspnet": (dict(arch="pspnet", depth=50, base_channels=8),

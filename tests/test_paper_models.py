@@ -38,7 +38,8 @@ STUDENTS = {
     "espnet": dict(arch="espnet", base_channels=4),
 }
 DEFAULT = P.load_params([ROOT / "params/default.yaml"])
-BASELINES = {k: v for k, v in DEFAULT["methods"].items() if not method(v["type"]).scheduled}
+BASELINES = {k: v for k, v in DEFAULT["methods"].items() if not method(v["type"]).scheduled
+             and method(v["type"]).applies_to("segmentation", v)}  # not Table V's detector ones
 
 
 def _batch(n=2, size=SIZE):

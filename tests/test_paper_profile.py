@@ -126,7 +126,8 @@ def _smoke_overlay(tmp_path: Path, roots: dict) -> Path:
     overlay = {
         "profile": "paper-smoke",
         "seeds": [0],
-        "paths": {"data": "data/checked", "runs": "runs", "results": "results"},
+        "paths": {"data": "data/checked", "datasets": "data/checked", "runs": "runs",
+                  "results": "results"},
         # evaluated at 128x64 instead of the paper's 2048x512 / 2048x1024 (data.scale)
         "datasets": {k: {"root": str(root), "height": 64, "width": 64, "scale": [128, 64]}
                      for k, root in roots.items()},
@@ -134,7 +135,7 @@ def _smoke_overlay(tmp_path: Path, roots: dict) -> Path:
                    for name in PAPER["models"]},
         "train": {"teacher": train, "student": train},
         "methods": {"bd": {"fused_channels": 16}, "cd": {"fused_channels": 16},
-                    "bd-det": {"fused_channels": 16}},
+                    "bd-det": {"fused_channels": 16}, "cd-det": {"fused_channels": 16}},
     }
     path = tmp_path / "smoke.yaml"
     path.write_text(yaml.safe_dump(overlay, sort_keys=False))

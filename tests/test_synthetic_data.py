@@ -451,6 +451,7 @@ def test_data_stage_rebuilds_a_folder_from_before_the_test_split(tmp_path, monke
     overlay = tmp_path / "here.yaml"
     overlay.write_text(yaml.safe_dump({
         "paths": {"data": "data", "runs": "runs", "results": "results"},
+        "tables": {"table5": None},   # its keyed dataset's folder would lie inside paths.data
         "data": {"height": 32, "width": 32,
                  "shapes": {"seed": 4, "num_train": 2, "num_val": 1, "num_test": 2}}}))
     args = ["data", "--params", str(DEFAULT), "--params", str(overlay)]

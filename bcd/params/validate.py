@@ -616,11 +616,6 @@ def _teacher_tap_errors(cfg) -> list[tuple[tuple, str]]:
     return out
 
 
-#: what a tap reads, by the task of the model it comes from: segmentation-only (a decode head),
-#: detection-only (an FPN, a dense head, instances); the rest (fused levels, labels) both
-SEGMENTATION_TAPS = ("logits", "head")
-DETECTION_TAPS = ("neck", "head_cls", "head_reg", "box_dists", "positives", "num_positives",
-                  "head_held", "head_tail", "box_decoder", "gt_boxes", "img_metas")
 
 
 def _task_tap_errors(cfg) -> list[tuple[tuple, str]]:
@@ -645,8 +640,8 @@ def _task_tap_errors(cfg) -> list[tuple[tuple, str]]:
                 role, _, what = (tap or "").rpartition(".")
                 roles = [role] if role in tasks else list(tasks)
                 for r in roles:
-                    bad = ((tasks[r] == "detection" and what in SEGMENTATION_TAPS)
-                           or (tasks[r] == "segmentation" and what in DETECTION_TAPS))
+                    bad = ((tasks[r] == "detection" and what in catalog.SEGMENTATION_TAPS)
+                           or (tasks[r] == "segmentation" and what in catalog.DETECTION_TAPS))
                     if bad and tasks[r] == "detection":
                         out.append((("runs", name, "distill", i),
                                     f"method {method!r} ({entry['type']}) reads {tap}, which a "

@@ -58,6 +58,14 @@ TAP_NAMES = ("student.fused", "teacher.fused", "student.logits", "teacher.logits
 SEGMENTATION_TAPS = ("logits", "head")
 DETECTION_TAPS = ("neck", "head_cls", "head_reg", "box_dists", "positives", "num_positives",
                   "head_held", "head_tail", "box_decoder", "gt_boxes", "img_metas")
+
+
+def tap_fits(tap: str | None, task: str) -> bool:
+    """Whether a model of ``task`` (``segmentation`` or ``detection``) gives ``tap``."""
+    other = DETECTION_TAPS if task == "segmentation" else SEGMENTATION_TAPS
+    return (tap or "").rpartition(".")[2] not in other
+
+
 #: facts of a model a loss's constructor may take (:attr:`Method.models`), as ``student.<fact>``
 #: or ``teacher.<fact>``: the number of FPN levels, the dense head's anchors per location and
 #: its box-distribution bins - 1 (None: box deltas); attributes of bcd.mm.detection.DetTaps
@@ -240,9 +248,8 @@ class Method:
         """Whether a method of this type with these settings reads only what models of ``task``
         (``segmentation`` or ``detection``) give (:data:`SEGMENTATION_TAPS`,
         :data:`DETECTION_TAPS`)."""
-        other = DETECTION_TAPS if task == "segmentation" else SEGMENTATION_TAPS
-        taps = self.inputs_for(self.loss_args(settings or {})).values()
-        return not any((tap or "").rpartition(".")[2] in other for tap in taps)
+        return all(tap_fits(tap, task)
+                   for tap in self.inputs_for(self.loss_args(settings or {})).values())
 
     def loss_args(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The constructor arguments among ``settings`` (``type`` and the connectors' dropped)."""

@@ -150,6 +150,20 @@ def make_smoke(tmp: Path, keys) -> tuple[Path, list[str]]:
     return tmp, [*map(str, FILES), str(_smoke_overlay(tmp, roots))]
 
 
+def smoke_tests(keys):
+    """The module fixture and the test of one tests/test_paper_smoke_*.py file (one file per
+    pair of datasets, so the two test workers share them): ``smoke, test = smoke_tests(KEYS)``."""
+    @pytest.fixture(scope="module")
+    def smoke(tmp_path_factory):
+        return make_smoke(tmp_path_factory.mktemp("paper-smoke"), keys)
+
+    @pytest.mark.parametrize("dataset", keys)
+    def test_two_iterations_per_student_architecture(smoke, dataset, monkeypatch):
+        two_iterations(smoke, dataset, monkeypatch)
+
+    return smoke, test_two_iterations_per_student_architecture
+
+
 def two_iterations(smoke, dataset, monkeypatch):
     """The data stage on ``dataset``'s tiny folder, its teachers and every SMOKE run for two
     iterations."""

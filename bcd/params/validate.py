@@ -637,11 +637,10 @@ def _task_tap_errors(cfg) -> list[tuple[tuple, str]]:
             if decl is None:
                 continue
             for tap in decl.inputs_for(decl.loss_args(entry)).values():
-                role, _, what = (tap or "").rpartition(".")
+                role = (tap or "").rpartition(".")[0]
                 roles = [role] if role in tasks else list(tasks)
                 for r in roles:
-                    bad = ((tasks[r] == "detection" and what in catalog.SEGMENTATION_TAPS)
-                           or (tasks[r] == "segmentation" and what in catalog.DETECTION_TAPS))
+                    bad = not catalog.tap_fits(tap, tasks[r])
                     if bad and tasks[r] == "detection":
                         out.append((("runs", name, "distill", i),
                                     f"method {method!r} ({entry['type']}) reads {tap}, which a "

@@ -8,4 +8,5 @@ pytest.importorskip("mmrazor", reason="the OpenMMLab stack is installed by tools
 
 from test_paper_profile import smoke_tests  # noqa: E402
 
-smoke, test_two_iterations_per_student_architecture = smoke_tests(('cityscapes', 'voc12aug'))
+KEYS = ('cityscapes', 'voc12aug')
+smoke, test_two_iterations_per_student_architecture = smoke_tests(KEYS)
